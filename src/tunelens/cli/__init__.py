@@ -1,0 +1,1 @@
+"""The ``tunelens`` command line: thin typer commands mapping onto the Python API."""

@@ -1,0 +1,31 @@
+"""``tunelens sft CONFIG.yaml --out DIR [key=value ...]``: run or resume supervised fine-tuning."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from tunelens.config import load_config
+from tunelens.train import SFTConfig, train_sft
+
+
+def sft(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Argument(None, help="Recipe YAML (see configs/); omit to use defaults."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory; an existing run resumes."),
+    force: bool = typer.Option(False, "--force", help="Resume even if the config changed."),
+) -> None:
+    """Fine-tune a model; overrides follow as key=value (e.g. max_steps=50 data.max_length=256)."""
+    overrides = list(ctx.args)
+    if config is not None and "=" in config.name and not config.exists():
+        config, overrides = None, [str(config), *overrides]
+    cfg = load_config(SFTConfig, config, overrides)
+    result = train_sft(cfg, out, force=force)
+    con = Console()
+    con.print(json.dumps(asdict(result), indent=2))
+    if result.resumed_from is not None:
+        con.print(f"resumed from step {result.resumed_from}")
