@@ -23,15 +23,15 @@ def prepare_run_dir(out: Path, cfg: Any, force: bool = False, is_main: bool = Tr
     if cfg_path.is_file():
         saved = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
         diffs = [d for d in config_diff(saved, to_dict(cfg)) if d.split(":")[0] not in RESUMABLE_KEYS]
-        if diffs and not force:
+        ckpt = latest_checkpoint(out / "checkpoints")
+        if diffs and not force and ckpt is not None:
             raise ConfigError(
                 f"{out} already holds a run with a different config ({'; '.join(diffs[:5])}). "
                 "Use another --out directory, or pass --force to resume with the new config."
             )
-        ckpt = latest_checkpoint(out / "checkpoints")
         if is_main:
             _write_config(out, cfg)
-        return ckpt
+        return ckpt  # None: the earlier attempt never checkpointed, so it starts afresh
     if out.exists() and any(out.iterdir()) and not force:
         raise ConfigError(f"{out} exists and is not a tunelens run directory (no config.yaml); choose an empty "
                           "or new --out directory.")
