@@ -63,6 +63,31 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(shift_logits, labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
 
 
+def forward_backward(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], n_global: float,
+                     world_size: int, accelerator: Any = None, autocast: Any = nullcontext) -> float:
+    """Accumulate the gradient of one optimizer step over micro-batches; return the summed token loss.
+
+    Every token counts equally: each micro-batch's summed loss is divided by the number of target
+    tokens of the whole step on all processes (``n_global``), times ``world_size`` because DDP
+    averages gradients over processes. So 4 micro-batches of 1 row give the gradient of 1 batch of 4.
+    """
+    loss_sum = 0.0
+    device = next(model.parameters()).device
+    for k, batch in enumerate(batches):
+        batch = {key: v.to(device) for key, v in batch.items()}
+        labels = batch.pop("labels")
+        last = k == len(batches) - 1
+        sync = accelerator.no_sync(model) if accelerator is not None and not last else nullcontext()
+        with sync:
+            with autocast():
+                logits = model(**batch, use_cache=False).logits
+            ce = token_loss_sum(logits, labels)
+            scaled = ce * (world_size / max(n_global, 1.0))
+            accelerator.backward(scaled) if accelerator is not None else scaled.backward()
+        loss_sum += float(ce.detach())
+    return loss_sum
+
+
 def prepare_data(cfg: SFTConfig, tokenizer: Any) -> tuple[list[Any], dict[str, Any]]:
     """Load, validate, render and (optionally) pack the training data; return rows and a report."""
     d = cfg.data
@@ -81,8 +106,12 @@ def prepare_data(cfg: SFTConfig, tokenizer: Any) -> tuple[list[Any], dict[str, A
     return rows, report
 
 
-def _collate(rows: list[Any], packing: bool, pad_id: int) -> dict[str, torch.Tensor]:
-    return collate_packed(rows, pad_id) if packing else collate_padded(rows, pad_id)
+def _collate(rows: list[Any], packing: bool, pad_id: int, max_length: int) -> dict[str, torch.Tensor]:
+    """Fixed-width batches (packed rows padded to max_length, others to a multiple of 64): few distinct
+    shapes, so the CPU kernels (oneDNN) are built once instead of for every new sequence length."""
+    if packing:
+        return collate_packed(rows, pad_id, pad_to=max_length)
+    return collate_padded(rows, pad_id, pad_to_multiple_of=64)
 
 
 class _Dist:
@@ -163,21 +192,12 @@ def train_sft(cfg: SFTConfig, out: str | Path, callbacks: Sequence[Callback] = (
         for step in range(start, total_steps):
             t_step = time.perf_counter()
             micro = plan.micro_batches(step, dist.rank)
-            batches = [_collate(select(rows, mb), cfg.data.packing, tok.pad_token_id) for mb in micro]
+            batches = [_collate(select(rows, mb), cfg.data.packing, tok.pad_token_id, cfg.data.max_length)
+                       for mb in micro]
             n_input = dist.sum(sum(len(rows[i].input_ids) for mb in micro for i in mb))
             n_global = dist.sum(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches))
             ddp_model.train()
-            loss_sum = 0.0
-            for k, batch in enumerate(batches):
-                batch = {key: v.to(acc.device) for key, v in batch.items()}
-                labels = batch.pop("labels")
-                sync = acc.no_sync(ddp_model) if k < len(batches) - 1 else nullcontext()
-                with sync:
-                    with autocast():
-                        logits = ddp_model(**batch, use_cache=False).logits
-                    ce = token_loss_sum(logits, labels)
-                    acc.backward(ce * (dist.world / max(n_global, 1.0)))
-                loss_sum += float(ce.detach())
+            loss_sum = forward_backward(ddp_model, batches, n_global, dist.world, acc, autocast)
             loss = dist.sum(loss_sum) / max(n_global, 1.0)
             grad_norm = _grad_norm(acc, ddp_model, cfg.optim.max_grad_norm)
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
