@@ -8,13 +8,14 @@ import click
 import typer
 from rich.console import Console
 
-from tunelens.cli import data_cmd, models_cmd, sft_cmd
+from tunelens.cli import data_cmd, models_cmd, probe_cmd, sft_cmd
 from tunelens.errors import TunelensError
 
 app = typer.Typer(name="tunelens", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="Instruction-tune causal LMs without losing their reliance on context, and measure it.")
 app.command("models")(models_cmd.models)
 app.add_typer(data_cmd.app, name="data")
+app.add_typer(probe_cmd.app, name="probe")
 app.command("sft", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(sft_cmd.sft)
 
 

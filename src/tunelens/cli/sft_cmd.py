@@ -24,8 +24,22 @@ def sft(
     if config is not None and "=" in config.name and not config.exists():
         config, overrides = None, [str(config), *overrides]
     cfg = load_config(SFTConfig, config, overrides)
-    result = train_sft(cfg, out, force=force)
+    callbacks = []
+    if cfg.probes:
+        from tunelens.probes.trajectory import trajectory_from_config
+
+        callbacks.append(trajectory_from_config(cfg.probes, model_name=cfg.model.spec))
+    result = train_sft(cfg, out, callbacks=callbacks, force=force)
     con = Console()
     con.print(json.dumps(asdict(result), indent=2))
     if result.resumed_from is not None:
         con.print(f"resumed from step {result.resumed_from}")
+    if callbacks:
+        from tunelens.report import plot_trajectory
+
+        summary = json.loads((out / "trajectory.json").read_text())
+        for key, s in summary["metrics"].items():
+            flag = "  INVERTED" if s.get("inverted") else ""
+            con.print(f"{key}: peak {s['peak']:.3f} @ step {s['step_of_peak']}, final {s['final']:.3f}, "
+                      f"inversion {s['inversion']:.3f}{flag}")
+        con.print(f"plot: {plot_trajectory(out)}")

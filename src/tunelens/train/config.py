@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from tunelens.errors import ConfigError
 from tunelens.models.finetune import MODES, LoraSettings
@@ -62,6 +62,9 @@ class SFTConfig:
     keep_last: int = 2
     save_final_model: bool = True
     tensorboard: bool = True
+    # Probes along training (see tunelens.probes.trajectory.trajectory_from_config): suites, variants,
+    # every, mode, limit, track, reliance, keep_peak, early_stop_drop, ... Empty: no probes.
+    probes: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Reject inconsistent settings with a message naming the key."""
