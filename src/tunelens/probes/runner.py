@@ -24,6 +24,7 @@ def register_suite(kind: str, runner: SuiteRunner) -> None:
 
 def parse_suites(spec: str | Sequence[str]) -> list[tuple[str, str]]:
     """``"conflicts:world_facts,haystack"`` -> ``[("conflicts", "world_facts"), ("haystack", "")]``."""
+    _register_builtin()
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not items:
         raise ConfigError("No probe suite given; e.g. --suite conflicts:world_facts,haystack.")
