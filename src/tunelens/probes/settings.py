@@ -36,8 +36,8 @@ class ProbeSettings:
             raise ConfigError(f"mode must be generate or loglik, got {self.mode!r}.")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1, got {self.limit}.")
-        if self.batch_size < 1 or self.max_new_tokens < 1:
-            raise ConfigError("batch_size and max_new_tokens must be >= 1.")
+        if self.batch_size < 1 or self.max_new_tokens < 1 or self.haystack_new_tokens < 1:
+            raise ConfigError("batch_size, max_new_tokens and haystack_new_tokens must be >= 1.")
         if any(not 0.0 <= d <= 1.0 for d in self.haystack_depths):
             raise ConfigError(f"haystack_depths must lie in [0, 1], got {self.haystack_depths}.")
         if any(n < 16 for n in self.haystack_lengths):

@@ -21,7 +21,7 @@ def model_limit(model: Any, tokenizer: Any) -> int:
 def fit_prompt(variant: str, parts: Sequence[tuple[str, str]], tokenizer: Any, settings: ProbeSettings,
                limit: int, new_tokens: int, response_prefix: str = "") -> Prompt:
     """Build a prompt; if it exceeds ``limit - new_tokens`` tokens, cut its context (counted, never silent)."""
-    budget = settings.max_prompt_tokens or (limit - new_tokens)
+    budget = min(settings.max_prompt_tokens or limit, limit - new_tokens)
     kwargs = dict(system=settings.system, context_only_instruction=settings.context_only_instruction,
                   indicator=settings.indicator, response_prefix=response_prefix)
     prompt = build_prompt(variant, list(parts), tokenizer, **kwargs)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from tunelens.errors import ConfigError
 from tunelens.probes.engine import ScoreRequest, generate_greedy, score_continuations
 from tunelens.probes.items import ConflictItem
 from tunelens.probes.metrics import conflict_outcome, conflict_rates, contains, context_preference
@@ -56,6 +57,8 @@ def _loglik(model: Any, tok: Any, prompts: list[Prompt], items: Sequence[Conflic
 def run_conflicts(model: Any, tok: Any, items: Sequence[ConflictItem], variant: str, s: ProbeSettings,
                   suite: str) -> SuiteResult:
     """Run the conflict suite on ``items`` under one prompt ``variant``."""
+    if not items:
+        raise ConfigError(f"{suite}: no items to probe (empty file or limit=0).")
     limit = model_limit(model, tok)
     prompts = [fit_prompt(variant, _parts(it), tok, s, limit, s.max_new_tokens, _prefix(variant, it)) for it in items]
     records: list[dict[str, Any]] = [{"id": it.id, "answer": it.answer, "memory_answer": it.memory_answer,
