@@ -189,3 +189,12 @@ def test_template_that_drops_assistant_is_refused():
     drop = "{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}{% endfor %}"
     with pytest.raises(TemplateError, match="does not appear"):
         render([{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}], tok, chat_template=drop)
+
+
+def test_pad_token_doubling_as_eos_still_closes_the_turn():
+    tok = tiny_tokenizer()
+    tok.pad_token = tok.eos_token  # the fallback load_model applies to tokenizers without a pad token
+    r = render([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}], tok)
+    assert r.text == tok.apply_chat_template([{"role": "user", "content": "Hi"},
+                                              {"role": "assistant", "content": "Hello."}], tokenize=False)
+    assert to_record(r, tok)["trained_text"] == ["Hello.<|im_end|>"]

@@ -62,8 +62,9 @@ def _naive(model, prompt: list[int], cont: list[int]) -> tuple[float, bool]:
 def test_scores_match_naive_reference(preset):
     model, _ = _model(preset)
     reqs = _requests()
-    # batch_size 3 over 7 prompts and at most 5 candidate rows per pass: several batches and chunks
-    res = score_continuations(model, reqs, batch_size=3, max_continuation_rows=5, progress=False)
+    # batch_size 3 over 7 prompts and at most 2 candidate rows per pass: several batches, each with several
+    # candidate passes on the same prompt cache
+    res = score_continuations(model, reqs, batch_size=3, max_continuation_rows=2, progress=False)
     assert [len(r) for r in res] == [len(q.continuations) for q in reqs]
     for q, rr in zip(reqs, res):
         for c, r in zip(q.continuations, rr):
@@ -75,16 +76,30 @@ def test_scores_match_naive_reference(preset):
     assert res[0][0].logprob < 0 or res[0][0].n_tokens == 0
 
 
-def test_is_greedy_and_sliding_window_prompt():
-    """A prompt longer than tiny-gemma3's 512-token sliding window; its greedy continuation is flagged greedy."""
+def test_scores_with_eager_attention():
+    model, _ = load_model("tiny-llama", attn_implementation="eager")
+    reqs = _requests(seed=2, n=4)
+    res = score_continuations(model, reqs, batch_size=4, progress=False)
+    for q, rr in zip(reqs, res):
+        for c, r in zip(q.continuations, rr):
+            assert abs(r.logprob - _naive(model, q.prompt_ids, c)[0]) < 1e-4
+
+
+def test_is_greedy_and_sliding_window_prompts():
+    """Prompts longer than tiny-gemma3's 512-token sliding window, padded in one batch; greedy flags."""
     model, tok = _model("tiny-gemma3")
-    prompt = _rand_ids(random.Random(1), 600)
-    greedy = generate_greedy(model, tok, [prompt], max_new_tokens=4, progress=False)[0].token_ids
+    rng = random.Random(1)
+    prompts = [_rand_ids(rng, 600), _rand_ids(rng, 570)]
+    gens = generate_greedy(model, tok, prompts, max_new_tokens=4, progress=False)
+    assert gens[1].token_ids == generate_greedy(model, tok, prompts[1:], max_new_tokens=4, progress=False)[0].token_ids
+    greedy = gens[0].token_ids
     other = greedy[:2] + [(greedy[2] + 1) % 8000]
-    res = score_continuations(model, [ScoreRequest(prompt, [greedy, other, greedy[:1]])], progress=False)[0]
-    assert [r.is_greedy for r in res] == [True, False, True]
-    for c, r in zip([greedy, other, greedy[:1]], res):
-        assert abs(r.logprob - _naive(model, prompt, c)[0]) < 1e-4
+    reqs = [ScoreRequest(prompts[0], [greedy, other, greedy[:1]]), ScoreRequest(prompts[1], [gens[1].token_ids])]
+    res = score_continuations(model, reqs, progress=False)
+    assert [r.is_greedy for r in res[0]] == [True, False, True] and res[1][0].is_greedy
+    for q, rr in zip(reqs, res):
+        for c, r in zip(q.continuations, rr):
+            assert abs(r.logprob - _naive(model, q.prompt_ids, c)[0]) < 1e-4
 
 
 def test_prompt_runs_once_and_candidates_reuse_its_cache():
@@ -95,11 +110,16 @@ def test_prompt_runs_once_and_candidates_reuse_its_cache():
     hook = model.register_forward_pre_hook(lambda m, a, kw: seen.append(tuple(kw["input_ids"].shape)),
                                            with_kwargs=True)
     try:
-        score_continuations(model, reqs, batch_size=8, progress=False)
+        a = score_continuations(model, reqs, batch_size=8, progress=False)
+        # one pass over both (left-padded) prompts, then one pass of the 4 candidates without their last token
+        assert seen == [(2, 50), (4, 3)]
+        seen.clear()
+        b = score_continuations(model, reqs, batch_size=8, max_continuation_rows=2, progress=False)
+        # candidates in two passes (longest first) on the same, unmodified prompt cache
+        assert seen == [(2, 50), (2, 3), (2, 1)]
     finally:
         hook.remove()
-    # one pass over both (left-padded) prompts, then one pass of the 4 candidates without their last token
-    assert seen == [(2, 50), (4, 3)]
+    assert [r.logprob for rr in a for r in rr] == pytest.approx([r.logprob for rr in b for r in rr], abs=1e-5)
 
 
 def test_order_determinism_and_empty_continuation():

@@ -81,8 +81,10 @@ def test_chat_fallback_template_and_stripping_template():
     base = tiny_tokenizer()
     base.chat_template = None
     p = build_prompt("chat", PARTS, base)
-    assert p.text == render_prompt([{"role": "user", "content": USER}], base, chat_template=FALLBACK_TEMPLATE).text
-    assert p.text.endswith("### Assistant:\n")
+    r = render_prompt([{"role": "user", "content": USER}], base, chat_template=FALLBACK_TEMPLATE)
+    assert p.text == r.text and p.text.endswith("### Assistant:\n")
+    assert p.input_ids == r.input_ids and p.token_roles == r.token_roles(base.bos_token_id)
+    assert p.token_roles[0] == "bos"  # the fallback template writes the BOS itself
     strip = tiny_tokenizer()  # a template that trims the content: the context span must still be found
     strip.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n"
                            "{% endfor %}<|im_start|>assistant\n")

@@ -56,14 +56,22 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
             try:
                 raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
             except yaml.YAMLError as exc:
-                raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+                mark = getattr(exc, "problem_mark", None)
+                where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+                raise ConfigError(f"{path}{where}: not valid YAML ({problem}).") from exc
             if not isinstance(raw, dict):
                 raise ConfigError(f"{path}: the top level must be a mapping of config keys.")
             base = OmegaConf.merge(base, OmegaConf.create(raw))
         dotlist = parse_overrides(overrides)
         if dotlist:
             source = "command-line overrides" if path is None else f"{path} or command-line overrides"
-            base = OmegaConf.merge(base, OmegaConf.from_dotlist(dotlist))
+            try:
+                overrides_cfg = OmegaConf.from_dotlist(dotlist)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"A command-line override is not a valid value ({dotlist}): "
+                                  f"{str(exc).splitlines()[0]}") from exc
+            base = OmegaConf.merge(base, overrides_cfg)
         obj = OmegaConf.to_object(base)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or getattr(exc, "key", None)

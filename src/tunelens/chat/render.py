@@ -211,7 +211,9 @@ def _first_special_end(text: str, start: int, limit: int, special: frozenset[str
 def _special_tokens(tok: PreTrainedTokenizerBase) -> frozenset[str]:
     names = set(tok.all_special_tokens)
     names.update(t.content for t in tok.added_tokens_decoder.values() if t.special)
-    return frozenset(n for n in names if n and n != tok.pad_token and n != getattr(tok, "unk_token", None))
+    # a separate pad token never closes a turn; when pad doubles as EOS/BOS (a common fallback) it stays
+    pad = tok.pad_token if tok.pad_token not in (tok.eos_token, tok.bos_token) else None
+    return frozenset(n for n in names if n and n != pad and n != getattr(tok, "unk_token", None))
 
 
 

@@ -7,6 +7,7 @@ import sys
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tunelens.cli import data_cmd, models_cmd, probe_cmd, sft_cmd
 from tunelens.errors import TunelensError
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     except TunelensError as exc:
         if debug:
             raise
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
         return 2
     except click.exceptions.Exit as exc:
         return exc.exit_code

@@ -21,7 +21,7 @@ def sft(
 ) -> None:
     """Fine-tune a model; overrides follow as key=value (e.g. max_steps=50 data.max_length=256)."""
     overrides = list(ctx.args)
-    if config is not None and "=" in config.name and not config.exists():
+    if config is not None and "=" in str(config) and not config.exists():
         config, overrides = None, [str(config), *overrides]
     cfg = load_config(SFTConfig, config, overrides)
     callbacks = []
@@ -31,7 +31,7 @@ def sft(
         callbacks.append(trajectory_from_config(cfg.probes, model_name=cfg.model.spec))
     result = train_sft(cfg, out, callbacks=callbacks, force=force)
     con = Console()
-    con.print(json.dumps(asdict(result), indent=2))
+    print(json.dumps(asdict(result), indent=2))
     if result.resumed_from is not None:
         con.print(f"resumed from step {result.resumed_from}")
     if callbacks:

@@ -102,8 +102,8 @@ def adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
     bos = tokenizer.bos_token_id
     if bos is None:
         return False
-    with_special = tokenizer("a").input_ids
-    return bool(with_special) and with_special[0] == bos and tokenizer("a", add_special_tokens=False).input_ids[:1] != [bos]
+    with_special, plain = tokenizer("a").input_ids, tokenizer("a", add_special_tokens=False).input_ids
+    return bool(with_special) and with_special[0] == bos and plain[:1] != [bos]
 
 
 def _segments(variant: str, content: str, tokenizer: PreTrainedTokenizerBase,

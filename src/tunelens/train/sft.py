@@ -162,15 +162,16 @@ def train_sft(cfg: SFTConfig, out: str | Path, callbacks: Sequence[Callback] = (
 
     optimizer = build_optimizer(trainable_parameters(model), cfg.optim)
     scheduler = build_scheduler(optimizer, total_steps, cfg.optim)
-    start, tokens_seen = 0, 0
+    start, tokens_seen, resumed_loss = 0, 0, None
     if resume_from is not None:
         st = load_checkpoint(resume_from, model, optimizer, scheduler, rank=dist.rank)
         start, tokens_seen = int(st["step"]), int(st.get("tokens_seen", 0))
+        resumed_loss = st.get("loss")
     ddp_model, optimizer = acc.prepare(model, optimizer)
     logger = MetricsLogger(out, enabled=dist.is_main, tensorboard=cfg.tensorboard,
                            resume_step=start if resume_from is not None else None)
     state = TrainState(step=start, max_steps=total_steps, model=model, tokenizer=tok, run_dir=out, config=cfg,
-                       is_main=dist.is_main, tokens_seen=tokens_seen, _log=logger.log)
+                       is_main=dist.is_main, loss=resumed_loss, tokens_seen=tokens_seen, _log=logger.log)
     autocast = (lambda: torch.autocast(acc.device.type, dtype=torch.bfloat16)) if cfg.precision == "bf16" \
         else nullcontext
     checkpoints = out / "checkpoints"
