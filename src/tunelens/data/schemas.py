@@ -49,7 +49,7 @@ CANONICAL_FIELDS = ("messages", "conversations", "prompt", "completion", "instru
                     "output", "context", "question", "answer", "answers", "role", "content")
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "chatgpt": "assistant", "system": "system"}
-_MISSING = object()
+MISSING = object()  # returned by get_path for an absent field
 
 
 @dataclass
@@ -76,7 +76,7 @@ def resolve_schema_name(name: str) -> str:
     return key
 
 
-def _get_path(record: Mapping[str, Any], name: str) -> Any:
+def get_path(record: Mapping[str, Any], name: str) -> Any:
     """Value at ``name`` in ``record``; dotted names descend dicts (and lists by index)."""
     if name in record:
         return record[name]
@@ -87,7 +87,7 @@ def _get_path(record: Mapping[str, Any], name: str) -> Any:
         elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
             cur = cur[int(part)]
         else:
-            return _MISSING
+            return MISSING
     return cur
 
 
@@ -115,8 +115,8 @@ class FieldMap:
         for canon, src in self.fields.items():
             if canon in ("role", "content"):
                 continue
-            value = _get_path(record, src)
-            if value is not _MISSING:
+            value = get_path(record, src)
+            if value is not MISSING:
                 out[canon] = value
             elif canon in out and canon != src:
                 del out[canon]  # a mapped name that is absent must not fall back to a same-named key
@@ -231,8 +231,8 @@ def _fill_template(template: str, mapped: Mapping[str, Any], values: dict[str, s
     kwargs = dict(values)
     for _, name, _, _ in string.Formatter().parse(template):
         if name and name not in kwargs:
-            extra = mapped.get(name, _MISSING)
-            if extra is _MISSING:
+            extra = mapped.get(name, MISSING)
+            if extra is MISSING:
                 raise RecordError(name, "used by context_template but missing from the record")
             kwargs[name] = "" if extra is None else str(extra)
     return template.format(**kwargs)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunelens.data.schemas import MISSING, get_path
 from tunelens.data.readers import FORMATS, Location, RawRecord, read_records
 from tunelens.errors import DataError
 
@@ -255,24 +256,6 @@ def _resolve(spec: str | Path, kind: str, fields: Mapping[str, str] | None, allo
 
 # --------------------------------------------------------------------------- reading
 
-_MISSING = object()
-
-
-def _get(record: Mapping[str, Any], name: str) -> Any:
-    """Value at ``name``; dotted names descend objects (and lists by index)."""
-    if name in record:
-        return record[name]
-    cur: Any = record
-    for part in name.split("."):
-        if isinstance(cur, Mapping) and part in cur:
-            cur = cur[part]
-        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
-            cur = cur[int(part)]
-        else:
-            return _MISSING
-    return cur
-
-
 def _err(loc: Location, fld: str | None, reason: str) -> DataError:
     where = loc.describe()
     return DataError(f"{where}, field {fld!r}: {reason}" if fld else f"{where}: {reason}")
@@ -369,14 +352,14 @@ def _text(src: _Source, raw: RawRecord, ours: str, *, aliases: tuple[str, ...] =
           nonempty: bool = True) -> str:
     """The string at our field ``ours`` (mapped, or an alias when unmapped), validated."""
     name = _label(src, ours)
-    value = _get(raw.value, name)
-    if value is _MISSING and ours not in src.fields:
+    value = get_path(raw.value, name)
+    if value is MISSING and ours not in src.fields:
         for alt in aliases:
-            value = _get(raw.value, alt)
-            if value is not _MISSING:
+            value = get_path(raw.value, alt)
+            if value is not MISSING:
                 name = alt
                 break
-    if value is _MISSING:
+    if value is MISSING:
         have = sorted(str(k) for k in raw.value)
         if ours in src.fields:
             raise _err(raw.loc, name, f"missing (mapped to {ours!r}); the record has fields {have}")
@@ -392,8 +375,8 @@ def _text(src: _Source, raw: RawRecord, ours: str, *, aliases: tuple[str, ...] =
 
 
 def _item_id(src: _Source, raw: RawRecord, index: int) -> str:
-    value = _get(raw.value, _label(src, "id"))
-    if value is _MISSING or value is None:
+    value = get_path(raw.value, _label(src, "id"))
+    if value is MISSING or value is None:
         if "id" in src.fields:
             raise _err(raw.loc, src.fields["id"], "missing (mapped to 'id')")
         return f"{src.prefix}:{index}"
@@ -465,8 +448,8 @@ _MAX_LITERAL_CHARS = 100_000
 
 def _parse_classes(src: _Source, raw: RawRecord) -> list[str]:
     name = _label(src, "classes")
-    value = _get(raw.value, name)
-    if value is _MISSING:
+    value = get_path(raw.value, name)
+    if value is MISSING:
         raise _err(raw.loc, name, f"missing; the record has fields {sorted(str(k) for k in raw.value)}")
     if isinstance(value, str):
         if len(value) > _MAX_LITERAL_CHARS:
@@ -493,8 +476,8 @@ def _parse_classes(src: _Source, raw: RawRecord) -> list[str]:
 
 def _parse_index(src: _Source, raw: RawRecord, n_classes: int) -> int:
     name = _label(src, "answer_index")
-    value = _get(raw.value, name)
-    if value is _MISSING:
+    value = get_path(raw.value, name)
+    if value is MISSING:
         raise _err(raw.loc, name, f"missing; the record has fields {sorted(str(k) for k in raw.value)}")
     if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
         value = int(value)
@@ -535,8 +518,8 @@ def _answers(src: _Source, raw: RawRecord) -> list[str]:
     chosen = None
     for ours in ("answers", "answer"):
         name = _label(src, ours)
-        value = _get(raw.value, name)
-        if value is not _MISSING and (value is not None or ours in src.fields):
+        value = get_path(raw.value, name)
+        if value is not MISSING and (value is not None or ours in src.fields):
             chosen = (name, value)
             break
         if ours in src.fields:
@@ -562,8 +545,8 @@ def _answers(src: _Source, raw: RawRecord) -> list[str]:
     for i, a in enumerate(items):
         label = name if isinstance(value, str) else f"{name}[{i}]"
         if isinstance(a, Mapping):
-            a, label = a.get("text", _MISSING), f"{label}.text"
-            if a is _MISSING:
+            a, label = a.get("text", MISSING), f"{label}.text"
+            if a is MISSING:
                 raise _err(raw.loc, label, "missing")
         if isinstance(a, bool):
             a = "yes" if a else "no"
