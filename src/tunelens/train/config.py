@@ -62,6 +62,7 @@ class SFTConfig:
     keep_last: int = 2
     save_final_model: bool = True
     tensorboard: bool = True
+    compile: bool = False  # torch.compile the model: faster steps after a one-off compile (~1-4 min on CPU)
     # Probes along training (see tunelens.probes.trajectory.trajectory_from_config): suites, variants,
     # every, mode, limit, track, reliance, keep_peak, early_stop_drop, ... Empty: no probes.
     probes: dict[str, Any] = field(default_factory=dict)

@@ -168,6 +168,8 @@ def train_sft(cfg: SFTConfig, out: str | Path, callbacks: Sequence[Callback] = (
         start, tokens_seen = int(st["step"]), int(st.get("tokens_seen", 0))
         resumed_loss = st.get("loss")
     ddp_model, optimizer = acc.prepare(model, optimizer)
+    if cfg.compile:
+        ddp_model = torch.compile(ddp_model)
     logger = MetricsLogger(out, enabled=dist.is_main, tensorboard=cfg.tensorboard,
                            resume_step=start if resume_from is not None else None)
     state = TrainState(step=start, max_steps=total_steps, model=model, tokenizer=tok, run_dir=out, config=cfg,
