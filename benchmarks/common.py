@@ -69,6 +69,8 @@ def machine_info() -> dict[str, Any]:
         "mkldnn": torch.backends.mkldnn.is_available(),
         "versions": versions(),
         "loadavg_at_start": os.getloadavg(),
+        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS",
+                                               "KMP_AFFINITY", "DNNL_MAX_CPU_ISA") if os.environ.get(k)},
     }
 
 

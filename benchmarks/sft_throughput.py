@@ -25,9 +25,11 @@ time is the interval between consecutive step-end callbacks (tunelens ``Callback
 and scheduler step, and the trainer's per-step logging; model load, data preparation and the final
 checkpoint are outside it. The first ``--discard`` steps (default 2) of each side are dropped.
 
-MFU = achieved model FLOP/s / measured bf16 matmul rate (2048^3 torch.matmul, best of 30, measured at the
-start and end of this run; the better of the two is the peak). Model FLOPs per token: full FT ``6*N``;
-LoRA ``4*N_base + 6*N_lora``; N counts every linear projection incl. the LM head. Attention-score FLOPs
+MFU = achieved model FLOP/s / measured bf16 matmul rate (2048^3 torch.matmul, best of 30, sampled at the
+start, before every side and at the end of this run; the best sample is the peak: on the reference VM the
+bf16 (AMX) rate flips between ~0.6 and ~1.6 TFLOP/s from one second to the next while fp32 stays at 0.2).
+Model FLOPs per token: full FT ``6*N``; LoRA ``4*N_base + 6*N_lora``; N counts every linear projection
+incl. the LM head. Attention-score FLOPs
 (causal, within documents) are shown separately in the "MFU+attn" column.
 
 Usage::
@@ -142,8 +144,7 @@ def run_tunelens(case: Case, hp: Hyper, workdir: Path, compile: bool = False) ->
     )
     if compile:
         if not hasattr(cfg, "compile"):
-            raise SystemExit("--tunelens-compile: this tunelens has no SFTConfig.compile (see "
-                             "benchmarks/proposals/sft_speed.patch)")
+            raise SystemExit("--tunelens-compile: this tunelens has no SFTConfig.compile")
         cfg.compile = True
     out = workdir / f"tunelens{'-compile' if compile else ''}-{case.name}"
     t0 = time.perf_counter()
@@ -266,8 +267,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--sides", default="tunelens,trl", help="comma list of: tunelens, trl")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's, = cores)")
     ap.add_argument("--tunelens-compile", action="store_true",
-                    help="also run tunelens with SFTConfig.compile=True (needs the proposals/sft_speed.patch); "
-                         "its first step includes the compilation and is reported as compile time")
+                    help="also run tunelens with SFTConfig.compile=True; its first step includes the compilation "
+                         "and is reported as compile time")
+    ap.add_argument("--warm-compile-cache", action="store_true",
+                    help="with --tunelens-compile: keep torch inductor's on-disk cache (default: a fresh one, so the "
+                         "reported compile time is a cold compile)")
     ap.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                     help="before each timed side, wait up to SECONDS for other processes to leave the CPU idle")
     ap.add_argument("--trl-packing", default="bfd", choices=["bfd", "none"],
@@ -297,15 +301,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     info = common.machine_info()
     print(f"machine: {info['nproc']} cpus, {info['cpu_model']}, flags {info['cpu_flags']}, torch threads {threads}")
     print(f"versions: {info['versions']}")
-    print(f"load average at start: {info['loadavg_at_start']}")
+    print(f"load average at start: {info['loadavg_at_start']}; threading env: {info['env'] or 'defaults'}")
     peak0 = {"bf16": common.matmul_tflops(torch.bfloat16), "fp32": common.matmul_tflops(torch.float32)}
     print(f"matmul 2048^3 (start): bf16 {peak0['bf16']:.3f} TFLOP/s, fp32 {peak0['fp32']:.3f} TFLOP/s")
     print(f"hyper-parameters: {asdict(hp)}; steps: small-llama {steps}, smollm2 {smol_steps}; discard {a.discard}")
 
+    bf16_samples = [peak0["bf16"]]  # the AMX rate of this VM changes over time: sample it before every side
     results: dict[str, Any] = {"machine": info, "hyper": asdict(hp), "discard": a.discard, "threads": threads,
                                "argv": sys.argv[1:] if argv is None else argv, "cases": {}}
     with tempfile.TemporaryDirectory(prefix="tl-bench-") as tmp:
         work = Path(tmp)
+        if a.tunelens_compile and not a.warm_compile_cache:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor-cache")  # cold compile: honest time
         for i, case in enumerate(cases):
             fm, n_params, n_train, data = flop_model(case, seq_len)
             print(f"\n== {case.name}: {n_params / 1e6:.1f}M params, {n_train / 1e6:.2f}M trainable; "
@@ -321,7 +328,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if a.wait_idle:
                     waited, others = common.wait_for_idle(a.wait_idle)
                     print(f"  (waited {waited:.0f} s for an idle CPU; others now use {others:.2f} cores)")
-                print(f"  -- {side} (load avg {os.getloadavg()[0]:.2f})", flush=True)
+                bf16_samples.append(common.matmul_tflops(torch.bfloat16))
+                print(f"  -- {side} (load avg {os.getloadavg()[0]:.2f}; bf16 matmul now "
+                      f"{bf16_samples[-1]:.3f} TFLOP/s)", flush=True)
                 if side == "trl":
                     log, extra = run_trl(case, hp, work, data, packing=a.trl_packing)
                 else:
@@ -334,11 +343,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["cases"][case.name] = res
 
     peak1 = {"bf16": common.matmul_tflops(torch.bfloat16), "fp32": common.matmul_tflops(torch.float32)}
-    peak = {k: max(peak0[k], peak1[k]) for k in peak0}
-    results["matmul_tflops"] = {"start": peak0, "end": peak1, "peak": peak}
+    bf16_samples.append(peak1["bf16"])
+    peak = {"bf16": max(bf16_samples), "fp32": max(peak0["fp32"], peak1["fp32"])}
+    results["matmul_tflops"] = {"start": peak0, "end": peak1, "bf16_samples": bf16_samples, "peak": peak}
     results["loadavg_at_end"] = os.getloadavg()
-    print(f"\nmatmul 2048^3 (end): bf16 {peak1['bf16']:.3f}, fp32 {peak1['fp32']:.3f} TFLOP/s; "
-          f"peak used for MFU: bf16 {peak['bf16']:.3f} TFLOP/s (fp32 {peak['fp32']:.3f})")
+    print(f"\nmatmul 2048^3 (end): bf16 {peak1['bf16']:.3f}, fp32 {peak1['fp32']:.3f} TFLOP/s; bf16 samples over the "
+          f"run: {', '.join(f'{x:.2f}' for x in bf16_samples)}; peak used for MFU: bf16 {peak['bf16']:.3f} TFLOP/s "
+          f"(fp32 {peak['fp32']:.3f})")
     print_table(results, peak["bf16"])
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
