@@ -227,13 +227,17 @@ def run_trl(case: Case, hp: Hyper, workdir: Path, data: tuple[list, list] | None
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     log.loss = losses
     info = {"final_loss": losses[-1] if losses else None, "total_s_incl_setup": total,
-            "padding_free": trainer.padding_free, "optimizer": type(trainer.optimizer.optimizer
-                                                                    if hasattr(trainer.optimizer, "optimizer")
-                                                                    else trainer.optimizer).__name__,
+            "padding_free": trainer.padding_free, "optimizer": _describe_optimizer(trainer.optimizer),
             "train_runtime": out.metrics.get("train_runtime")}
     del trainer, model
     gc.collect()
     return log, info
+
+
+def _describe_optimizer(opt: Any) -> str:
+    inner = getattr(opt, "optimizer", opt)  # accelerate wraps it
+    fused = inner.defaults.get("fused") if hasattr(inner, "defaults") else None
+    return f"{type(inner).__name__}(fused={fused})"
 
 
 # ------------------------------------------------------------------------------------------ main
