@@ -33,7 +33,8 @@ from transformers.cache_utils import DynamicLayer
 from tunelens.errors import ConfigError
 from tunelens.progress import progress_bar
 
-__all__ = ["ScoreRequest", "ScoreResult", "Generation", "score_continuations", "generate_greedy"]
+__all__ = ["ScoreRequest", "ScoreResult", "Generation", "score_continuations", "generate_greedy", "left_pad",
+           "pad_token_id", "model_device", "autocast_context"]
 
 
 @dataclass
@@ -69,17 +70,17 @@ class Generation:
     stopped: str
 
 
-def _device(model: torch.nn.Module) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+def autocast_context(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
     if not bf16:
         return contextlib.nullcontext()
     return torch.autocast(device.type if device.type in ("cpu", "cuda") else "cpu", dtype=torch.bfloat16)
 
 
-def _pad_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None) -> int:
+def pad_token_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None) -> int:
     """Any valid id for padded positions (they are masked, so the value never matters)."""
     for pid in (getattr(tokenizer, "pad_token_id", None), getattr(model.generation_config, "pad_token_id", None),
                 getattr(model.config, "pad_token_id", None)):
@@ -88,7 +89,7 @@ def _pad_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = 
     return 0
 
 
-def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int,
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int,
               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-padded ids, attention mask and position ids (0 at real first tokens, 0 on padding)."""
     width = max(len(s) for s in seqs)
@@ -152,10 +153,10 @@ def score_continuations(model: PreTrainedModel, requests: Sequence[ScoreRequest]
             raise ConfigError(f"requests[{i}]: the prompt is empty; scoring needs at least one prompt token "
                               "(e.g. the BOS token).")
     max_rows = max_continuation_rows or 4 * batch_size
-    device, pad = _device(model), _pad_id(model)
+    device, pad = model_device(model), pad_token_id(model)
     results: list[list[ScoreResult]] = [[ScoreResult(0.0, 0, True)] * len(r.continuations) for r in requests]
     order = sorted(range(len(requests)), key=lambda i: (-len(requests[i].prompt_ids), i))
-    with progress_bar(len(requests), "score", enabled=progress) as bar, _autocast(device, bf16):
+    with progress_bar(len(requests), "score", enabled=progress) as bar, autocast_context(device, bf16):
         for idx in _chunks(order, batch_size):
             _score_batch(model, [requests[i] for i in idx], [results[i] for i in idx], pad, device, max_rows)
             bar.advance(len(idx))
@@ -164,7 +165,7 @@ def score_continuations(model: PreTrainedModel, requests: Sequence[ScoreRequest]
 
 def _score_batch(model: PreTrainedModel, batch: list[ScoreRequest], out: list[list[ScoreResult]], pad: int,
                  device: torch.device, max_rows: int) -> None:
-    ids, mask, pos = _left_pad([r.prompt_ids for r in batch], pad, device)
+    ids, mask, pos = left_pad([r.prompt_ids for r in batch], pad, device)
     res = _forward(model, True, input_ids=ids, attention_mask=mask, position_ids=pos)
     first_logp = torch.log_softmax(res.logits[:, -1].float(), dim=-1)  # next-token log-probs after each prompt
     cache, plen = res.past_key_values, mask.sum(-1)
@@ -214,13 +215,13 @@ def generate_greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     for i, p in enumerate(prompts):
         if not p:
             raise ConfigError(f"prompts[{i}] is empty; generation needs at least one prompt token.")
-    device, pad, eos = _device(model), _pad_id(model, tokenizer), _eos_ids(model, tokenizer)
+    device, pad, eos = model_device(model), pad_token_id(model, tokenizer), _eos_ids(model, tokenizer)
     stops = [s for s in stop_strings if s]
     # a stop string of n UTF-8 bytes lies within the last n tokens (every token decodes to >= 1 byte)
     window = max((len(s.encode()) for s in stops), default=0) + 1
     out: list[Generation | None] = [None] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
-    with progress_bar(len(prompts), "generate", enabled=progress) as bar, _autocast(device, bf16):
+    with progress_bar(len(prompts), "generate", enabled=progress) as bar, autocast_context(device, bf16):
         for idx in _chunks(order, batch_size):
             gens = _generate_batch(model, tokenizer, [prompts[i] for i in idx], max_new_tokens, stops, window,
                                    eos, pad, device)
@@ -237,7 +238,7 @@ def _generate_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     gen: list[list[int]] = [[] for _ in range(n)]
     stopped = ["length"] * n
     if max_new > 0:
-        ids, mask, pos = _left_pad(prompts, pad, device)
+        ids, mask, pos = left_pad(prompts, pad, device)
         res = _forward(model, True, input_ids=ids, attention_mask=mask, position_ids=pos)
         cache, plen = res.past_key_values, mask.sum(-1)
         nxt = res.logits[:, -1].float().argmax(-1)

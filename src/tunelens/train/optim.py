@@ -15,9 +15,11 @@ def build_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # the fused kernel (CPU and CUDA) is measurably faster and as deterministic as the loop version
+    # the fused kernel (CPU and CUDA) is measurably faster and as deterministic as the loop version; other
+    # devices (mps, xpu, meta) or non-float parameters fall back to the default implementation
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                             fused=True)
+                             fused=fused or None)
 
 
 def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:

@@ -34,7 +34,7 @@ import torch
 
 from tunelens.errors import ConfigError
 from tunelens.probes.attention_capture import capture_attention
-from tunelens.probes.engine import _autocast, _device, _left_pad, _pad_id
+from tunelens.probes.engine import autocast_context, model_device, left_pad, pad_token_id
 from tunelens.probes.items import ConflictItem, load_conflicts
 from tunelens.probes.prompts import Prompt
 from tunelens.probes.settings import ProbeSettings, SuiteResult
@@ -66,14 +66,14 @@ def prompt_spans(prompt: Prompt) -> list[str]:
 
 def span_masses(model: Any, prompts: Sequence[Prompt], settings: ProbeSettings) -> np.ndarray:
     """Attention of each prompt's last token, summed per span: ``[items, layers, heads, len(SPANS)]`` (float64)."""
-    device, pad = _device(model), _pad_id(model)
+    device, pad = model_device(model), pad_token_id(model)
     out: list[Optional[np.ndarray]] = [None] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
-    with capture_attention(model, "last") as cap, torch.inference_mode(), _autocast(device, settings.bf16), \
+    with capture_attention(model, "last") as cap, torch.inference_mode(), autocast_context(device, settings.bf16), \
             progress_bar(len(prompts), "attention", enabled=settings.progress) as bar:
         for start in range(0, len(order), settings.batch_size):
             idx = order[start:start + settings.batch_size]
-            ids, mask, pos = _left_pad([prompts[i].input_ids for i in idx], pad, device)
+            ids, mask, pos = left_pad([prompts[i].input_ids for i in idx], pad, device)
             width = ids.shape[1]
             onehot = torch.zeros((len(idx), width, len(SPANS)), dtype=torch.float32)
             for row, i in enumerate(idx):
