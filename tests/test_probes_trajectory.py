@@ -52,6 +52,9 @@ def test_summary_peak_final_inversion_and_peak_checkpoint(tmp_path):
     assert s["peak"] == pytest.approx(0.8) and s["step_of_peak"] == 4
     assert s["final"] == pytest.approx(0.3) and s["inversion"] == pytest.approx(0.5) and s["inverted"]
     assert json.loads((tmp_path / "run" / "peak" / "peak.json").read_text())["step"] == 4
+    # the probes' own wall time is recorded per evaluation and summed (the training-overhead figure)
+    assert all(r["probe_seconds"] >= 0 for r in logged)
+    assert summary["probe_seconds"] == pytest.approx(sum(p["seconds"] for p in summary["points"]))
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "peak")

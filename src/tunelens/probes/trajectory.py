@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -79,9 +80,11 @@ class TrajectoryCallback(Callback):
                 self._below = self._below + 1 if value <= self._peak - drop else 0
 
     def _evaluate(self, state: TrainState) -> None:
+        start = time.perf_counter()
         metrics = {k: float(v) for k, v in self.evaluate(state.model, state.tokenizer).items()}
-        self.history.append({"step": state.step, "metrics": metrics, "loss": state.loss})
-        state.log(metrics, event="probe")
+        seconds = time.perf_counter() - start
+        self.history.append({"step": state.step, "metrics": metrics, "loss": state.loss, "seconds": seconds})
+        state.log({**metrics, "probe_seconds": seconds}, event="probe")
         if state.is_main:
             _atomic_write(state.run_dir / "trajectory_points.json", json.dumps(self.history))
         key = self._reliance_key()
@@ -110,7 +113,7 @@ class TrajectoryCallback(Callback):
             if points:
                 per_metric[key] = summarize_trajectory(points, threshold=self.opt.threshold)
         return {"metrics": per_metric, "reliance": self._reliance_key(), "threshold": self.opt.threshold,
-                "points": self.history}
+                "probe_seconds": sum(h.get("seconds", 0.0) for h in self.history), "points": self.history}
 
 
 def _load_history(run_dir: Path) -> list[dict[str, Any]]:
