@@ -513,3 +513,48 @@ def test_cli_bad_input_names_file_line_field(tmp_path, run_cli):
     r = run_cli("data", "augment", data, "--out", tmp_path / "o.jsonl")
     assert r.returncode == 2 and "error:" in r.stderr and not (tmp_path / "o.jsonl").exists()
     assert "bad.jsonl" in r.stderr and "line 2" in r.stderr and "answer" in r.stderr
+
+
+# --------------------------------------------------------------------------- config-driven prep and SFT
+
+def test_validate_prep_errors_name_the_step():
+    from tunelens.data.prep import validate_prep
+
+    assert validate_prep([{"step": "curate"}])[0]["drop"] == 0.25
+    with pytest.raises(ConfigError, match=r"data.prep\[1\].step: 'filter' is not one of"):
+        validate_prep([{"step": "curate"}, {"step": "filter"}])
+    with pytest.raises(ConfigError, match=r"data.prep\[0\]: unknown option\(s\) \['dorp'\] for step 'curate'"):
+        validate_prep([{"step": "curate", "dorp": 0.2}])
+    with pytest.raises(ConfigError, match=r"data.prep\[0\]: expected a mapping"):
+        validate_prep(["curate"])
+
+
+def test_run_prep_chains_steps(tiny):
+    from tunelens.data.prep import run_prep
+
+    model, tok = tiny
+    res = run_prep(_cities(8), [{"step": "curate", "drop": 0.25}, {"step": "augment", "fraction": 0.5},
+                                {"step": "indicate", "beta": 0.0}], model, tok, seed=4)
+    assert [r["step"] for r in res.reports] == ["curate", "augment", "indicate"]
+    assert res.reports[0]["n_kept"] == 6 and res.reports[1]["n_added"] == 3 and len(res.examples) == 9
+    assert res.indicator_token == "[IND]" and all(e.messages[0]["content"].endswith(" [IND]") for e in res.examples)
+    assert "[IND]" not in tok.get_vocab()  # scoring never changes the seed tokenizer
+    with pytest.raises(ConfigError, match="needs a model"):
+        run_prep(_cities(4), [{"step": "curate"}])
+
+
+def test_sft_runs_prep_from_config(tmp_path):
+    from tunelens.config import load_config
+    from tunelens.train import SFTConfig, train_sft
+
+    recs = [{"context": e.meta["context"], "question": e.meta["question"], "answer": e.meta["answer"]}
+            for e in _cities(8)]
+    data = write_jsonl(tmp_path / "d.jsonl", recs)
+    cfg = load_config(SFTConfig, None, [f"data.paths=[{data}]", "max_steps=2", "batch_size=2", "save_every=0",
+                                        "tensorboard=false", "data.max_length=128",
+                                        "data.prep=[{step: curate, drop: 0.25}, {step: indicate, beta: 0.0}]"])
+    train_sft(cfg, tmp_path / "run")
+    rep = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert [r["step"] for r in rep["prep"]] == ["curate", "indicate"] and rep["tokenize"]["n_examples"] == 6
+    model, tok = load_model(str(tmp_path / "run" / "final"))
+    assert tok.convert_tokens_to_ids("[IND]") == 8192 and model.get_input_embeddings().weight.shape[0] == 8193

@@ -349,6 +349,8 @@ def indicate(examples: Sequence[Example], model: PreTrainedModel, tokenizer: Pre
     The seed model and tokenizer are not changed; call :func:`add_indicator_token` on the model to fine-tune.
     """
     layer = default_layer(model) if layer is None else layer
+    if max_length is None:
+        max_length = getattr(model.config, "max_position_embeddings", None)
     scores = context_dependency_scores(examples, model, tokenizer, layer=layer, batch_size=batch_size, bf16=bf16,
                                        chat_template=chat_template, max_length=max_length, progress=progress)
     indicated = apply_indicator(examples, scores, beta, token)
