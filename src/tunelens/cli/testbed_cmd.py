@@ -35,6 +35,6 @@ def run(
     con.print(f"pretrained model: {summary['pretrain']['n_params'] / 1e6:.2f}M params "
               f"({'cached' if summary['pretrain']['cache_hit'] else 'trained now'}); closed-book recall "
               f"train {rec['train']['declarative']:.2f} / held-out {rec['heldout']['declarative']:.2f}")
-    con.print(format_table(summary["table"]), markup=False, highlight=False)
-    con.print(f"checks: {json.dumps(summary['checks'])}", markup=False, highlight=False)
+    print(format_table(summary["table"]))
+    print(f"checks: {json.dumps(summary['checks'])}")
     con.print(f"total {summary['timing']['total_s']:.0f}s; summary: {out / 'summary.json'}; plots: {out / 'plots'}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib
 
@@ -13,10 +14,12 @@ import numpy as np  # noqa: E402
 from tunelens.train.metrics import read_metrics  # noqa: E402
 
 
-def _runs(out: Path) -> dict[str, list[tuple[int, dict]]]:
+def _runs(out: Path, variants: Sequence[str] | None, seeds: Sequence[int] | None) -> dict[str, list[tuple[int, dict]]]:
     by_variant: dict[str, list[tuple[int, dict]]] = {}
     for path in sorted(out.glob("runs/*/seed-*/result.json")):
         rec = json.loads(path.read_text())
+        if (variants is not None and rec["variant"] not in variants) or (seeds is not None and rec["seed"] not in seeds):
+            continue
         rec["_dir"] = path.parent
         by_variant.setdefault(rec["variant"], []).append((rec["seed"], rec))
     return by_variant
@@ -27,13 +30,16 @@ def _series(rec: dict, key: str) -> tuple[list[int], list[float]]:
     return [s for s, _ in pts], [v for _, v in pts]
 
 
-def plot_testbed(out: str | Path) -> list[Path]:
+def plot_testbed(out: str | Path, variants: Sequence[str] | None = None,
+                 seeds: Sequence[int] | None = None) -> list[Path]:
     """Write ``plots/variants.png`` (a row per variant: reliance, ID accuracy, loss; a line per seed) and
     ``plots/reliance_by_variant.png`` (seed-mean reliance of every variant); returns the paths."""
     out = Path(out)
-    runs = _runs(out)
+    runs = _runs(out, variants, seeds)
     if not runs:
         return []
+    if variants is not None:
+        runs = {v: runs[v] for v in variants if v in runs}
     (out / "plots").mkdir(exist_ok=True)
     names = list(runs)
     fig, axes = plt.subplots(len(names), 3, figsize=(13, 2.8 * len(names)), squeeze=False)

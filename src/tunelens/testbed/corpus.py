@@ -4,6 +4,11 @@ A document describes one entity: its facts in random order, each in a randomly c
 relation, with filler sentences (facts-free text from a small grammar) mixed in. ``repeats`` renderings
 of every entity's document make the corpus; a fresh random phrasing each time keeps the model from
 memorising one surface form.
+
+Reading passages (``reading_per_repeat`` per rendering of the corpus) are what web text's repetition gives
+a real model: a ``story`` character's facts, drawn afresh for each passage, then a question about one of
+them answered with the object (``"... Where was Brakel born? Tolmek."``). They teach in-context retrieval
+without stating any world fact; the world's own facts never appear in question form in the corpus.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ FILLER_TEMPLATES = (
 class CorpusConfig:
     repeats: int = 24  # renderings of every entity's document
     filler_prob: float = 0.3  # chance of a filler sentence after each fact sentence
+    reading_per_repeat: int = 100  # reading passages added per rendering of the corpus
     seed: int = 0
 
 
@@ -36,6 +42,22 @@ def filler_sentence(rng: random.Random) -> str:
     t = rng.choice(FILLER_TEMPLATES)
     return t.format(a=rng.choice(FILLER_ADJ), n=rng.choice(FILLER_NOUN), v=rng.choice(FILLER_VERB),
                     m=rng.choice(FILLER_NOUN))
+
+
+def reading_passage(world: World, rng: random.Random) -> str:
+    """A story character's freshly drawn facts, then a question about one of them and its answer."""
+    from tunelens.testbed.world import RELATIONS
+
+    person = rng.choice(world.entities["story"])
+    rels = [RELATIONS[r] for r in world.config.relations]
+    rng.shuffle(rels)
+    rels = rels[:rng.randint(1, len(rels))]
+    objects = [rng.choice(world.values(r.object_kind)) for r in rels]
+    sentences = [r.context.format(s=person, o=o) for r, o in zip(rels, objects)]
+    if rng.random() < 0.5:
+        sentences.append(filler_sentence(rng))
+    k = rng.randrange(len(rels))
+    return " ".join(sentences) + f" {rels[k].question.format(s=person)} {objects[k]}."
 
 
 def build_corpus(world: World, cfg: CorpusConfig) -> list[str]:
@@ -56,6 +78,7 @@ def build_corpus(world: World, cfg: CorpusConfig) -> list[str]:
                 if rng.random() < cfg.filler_prob:
                     sentences.append(filler_sentence(rng))
             docs.append(" ".join(sentences))
+        docs += [reading_passage(world, rng) for _ in range(cfg.reading_per_repeat if world.entities.get("story") else 0)]
     rng.shuffle(docs)
     return docs
 

@@ -77,11 +77,22 @@ def sft_config(cfg: TestbedConfig, model_spec: str, data_path: Path, seed: int, 
     return sft
 
 
+def run_fingerprint(cfg: TestbedConfig, variant: str, seed: int) -> str:
+    """Hash of everything that determines one run (not seeds/variants lists, workers, threads, plots, cache)."""
+    import hashlib
+    from dataclasses import asdict
+
+    d = asdict(cfg)
+    for k in ("seeds", "variants", "workers", "threads", "plots", "cache_dir"):
+        d.pop(k)
+    return hashlib.sha256(json.dumps([d, variant, seed], sort_keys=True).encode()).hexdigest()[:16]
+
+
 def run_variant(cfg: TestbedConfig, variant: str, seed: int, model_dir: Path, sets: EvalSets, out: Path,
                 world: Any = None) -> dict[str, Any]:
     """Prepare and fine-tune one variant at one seed into ``out``; returns its record (also ``out/result.json``).
 
-    A finished run (``result.json`` present) is returned as it is.
+    A finished run of the same configuration (``result.json`` with the same fingerprint) is returned as it is.
     """
     from tunelens.probes.trajectory import TrajectoryCallback, TrajectoryOptions
     from tunelens.testbed.variants import prepare_variant
@@ -89,8 +100,11 @@ def run_variant(cfg: TestbedConfig, variant: str, seed: int, model_dir: Path, se
     from tunelens.train import train_sft
 
     done = out / "result.json"
+    fingerprint = run_fingerprint(cfg, variant, seed)
     if done.is_file():
-        return json.loads(done.read_text())
+        record = json.loads(done.read_text())
+        if record.get("fingerprint") == fingerprint:
+            return record
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     t0 = time.perf_counter()
@@ -105,7 +119,8 @@ def run_variant(cfg: TestbedConfig, variant: str, seed: int, model_dir: Path, se
                                                     threshold=cfg.eval.threshold))
     result = train_sft(sft_config(cfg, prep.model_spec, data_path, seed, prep.finetune), out / "sft",
                        callbacks=[callback], force=True)
-    record = {"variant": variant, "seed": seed, "indicator": prep.indicator, "prepare": prep.report,
+    record = {"variant": variant, "seed": seed, "fingerprint": fingerprint, "indicator": prep.indicator,
+              "prepare": prep.report,
               "prepare_s": t_prep, "train_s": result.wall_s, "steps": result.steps, "final_loss": result.final_loss,
               "trajectory": callback.summary()}
     done.write_text(json.dumps(record, indent=1))

@@ -44,7 +44,18 @@ def build_eval_sets(cfg: TestbedConfig, world: World, out: Path) -> EvalSets:
 
 
 def _init_worker(threads: int) -> None:
+    import os
+
+    os.environ["TUNELENS_QUIET"] = "1"  # the parent shows one bar over all runs; workers' bars would interleave
     torch.set_num_threads(threads)
+    _quiet_transformers()
+
+
+def _quiet_transformers() -> None:
+    """No per-load progress bars from transformers (dozens of model loads per testbed run)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def _job(cfg: TestbedConfig, variant: str, seed: int, model_dir: Path, sets: EvalSets, out: Path) -> dict[str, Any]:
@@ -60,6 +71,7 @@ def run_testbed(cfg: TestbedConfig, out: str | Path, progress: bool = True) -> d
     t0 = time.perf_counter()
     threads_before = torch.get_num_threads()
     torch.set_num_threads(cfg.workers * cfg.threads)
+    _quiet_transformers()
     try:
         world = generate_world(cfg.world)
         model_dir, pre = ensure_pretrained(world, cfg.corpus, cfg.model, cfg.pretrain, cfg.cache_dir, progress=progress)
@@ -85,7 +97,7 @@ def run_testbed(cfg: TestbedConfig, out: str | Path, progress: bool = True) -> d
     if cfg.plots:
         from tunelens.report.testbed_plots import plot_testbed
 
-        summary["plots"] = [str(p) for p in plot_testbed(out)]
+        summary["plots"] = [str(p) for p in plot_testbed(out, cfg.variants, cfg.seeds)]
     summary["timing"]["total_s"] = time.perf_counter() - t0
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

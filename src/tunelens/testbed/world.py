@@ -9,7 +9,8 @@ under the testbed's word-level tokenizer). Facts are (subject, relation, object)
 People come in three groups: ``train`` people (facts pretrained *and* used by the instruction mixture),
 ``heldout`` people (facts pretrained, never in the mixture: the counterfactual and in-distribution
 evaluation sets are built from them) and ``novel`` people (never pretrained: the subjects of
-context-critical C examples, whose facts the model cannot know).
+context-critical C examples, whose facts the model cannot know). ``story`` characters appear only in the
+corpus's reading passages, each time with freshly drawn facts (they teach reading, not facts).
 """
 from __future__ import annotations
 
@@ -38,19 +39,19 @@ class Relation:
 RELATIONS: dict[str, Relation] = {r.name: r for r in (
     Relation("born_in", "person", "city",
              ("{s} was born in {o}.", "The birthplace of {s} is {o}.", "{s} comes from the city of {o}.",
-              "Where was {s} born? {s} was born in {o}."),
+              "{s} grew up in {o}, the city of {s}'s birth."),
              "Where was {s} born?", "{s} was born in {o}."),
     Relation("works_for", "person", "organisation",
              ("{s} works for {o}.", "The employer of {s} is {o}.", "{s} has a job at {o}.",
-              "Who does {s} work for? {s} works for {o}."),
+              "{s} joined {o} and still works there."),
              "Who does {s} work for?", "{s} works for {o}."),
     Relation("lives_in", "person", "country",
              ("{s} lives in {o}.", "The home country of {s} is {o}.", "{s} has a house in {o}.",
-              "Which country does {s} live in? {s} lives in {o}."),
+              "{s} made a home in {o}."),
              "Which country does {s} live in?", "{s} lives in {o}."),
     Relation("plays", "person", "sport",
              ("{s} plays {o}.", "The favourite sport of {s} is {o}.", "{s} is good at {o}.",
-              "Which sport does {s} play? {s} plays {o}."),
+              "{s} spends weekends playing {o}."),
              "Which sport does {s} play?", "{s} plays {o}."),
     Relation("located_in", "city", "country",
              ("{s} is a city in {o}.", "The city of {s} lies in {o}.", "{s} is located in {o}."),
@@ -73,6 +74,7 @@ class WorldConfig:
     n_train_people: int = 120  # pretrained, used by the instruction mixture (C+S and S)
     n_heldout_people: int = 60  # pretrained, only in the evaluation sets
     n_novel_people: int = 100  # never pretrained: subjects of C examples
+    n_story_people: int = 80  # characters of the corpus's reading passages (random facts per passage)
     n_cities: int = 24
     n_countries: int = 10
     n_organisations: int = 20
@@ -84,7 +86,8 @@ class WorldConfig:
         if bad or not self.relations:
             raise ConfigError(f"world.relations: {bad or 'empty'}; choose from {list(PERSON_RELATIONS)}.")
         sizes = {"n_train_people": self.n_train_people, "n_heldout_people": self.n_heldout_people,
-                 "n_novel_people": self.n_novel_people, "n_cities": self.n_cities, "n_countries": self.n_countries,
+                 "n_novel_people": self.n_novel_people, "n_story_people": self.n_story_people,
+                 "n_cities": self.n_cities, "n_countries": self.n_countries,
                  "n_organisations": self.n_organisations}
         for name, n in sizes.items():
             if n < 2:
@@ -156,6 +159,7 @@ def generate_world(cfg: WorldConfig) -> World:
         "organisation": _names(rng, cfg.n_organisations, taken),
         "sport": list(SPORTS[:cfg.n_sports]),
         "person": _names(rng, n_people, taken),
+        "story": _names(rng, cfg.n_story_people, taken),
     }
     people = entities["person"]
     groups = {"train": people[:cfg.n_train_people],
