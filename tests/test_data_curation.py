@@ -355,11 +355,12 @@ def test_apply_indicator_appends_once_to_flagged_user_turns_only():
     assert twice[0].messages[3]["content"].count("[IND]") == 1
 
 
-def test_indicator_suffix_matches_the_probes_prompt(tiny):
+def test_indicator_suffix_matches_the_probes_prompt():
     from tunelens.chat import render_prompt
+    from tunelens.models import tiny_tokenizer
     from tunelens.probes.prompts import build_prompt
 
-    _, tok = tiny
+    tok = tiny_tokenizer()
     add_indicator_token(None, tok)
     q = "Context here.\n\nWhat is it?"
     probe = build_prompt("chat", q, tok, indicator="[IND]")

@@ -5,6 +5,7 @@ with provenance (``--out``) and a JSON report (``--report``, default ``OUT.repor
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import List, Optional
 
@@ -50,7 +51,7 @@ def _finish(out: Path, report_path: Optional[Path], examples, step: str, info, r
 
 
 def _finite(x: float) -> Optional[float]:
-    return None if x != x else x
+    return None if math.isnan(x) else x
 
 
 def _model(spec: str, dtype: str, seed: int):

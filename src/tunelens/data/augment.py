@@ -26,17 +26,25 @@ import math
 import random
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from tunelens.data.context import ContextSpec, example_id, target_turn
 from tunelens.data.schemas import DEFAULT_CONTEXT_TEMPLATE, Example
 from tunelens.errors import DataError
 
-__all__ = ["AugmentReport", "MODES", "answer_type", "augment_counterfactual", "counterfactuals_by_substitution",
-           "counterfactuals_from_conflicts", "n_to_add", "substitute_answer"]
+__all__ = [
+    "MODES",
+    "AugmentReport",
+    "answer_type",
+    "augment_counterfactual",
+    "counterfactuals_by_substitution",
+    "counterfactuals_from_conflicts",
+    "n_to_add",
+    "substitute_answer",
+]
 
 MODES = ("add", "replace")
 TYPE_KEY = "answer_type"
@@ -78,7 +86,7 @@ def n_to_add(n_original: int, fraction: float) -> int:
     """``round_half_up(fraction * n_original)``; ``fraction`` must lie in [0, 1]."""
     if not 0.0 <= fraction <= 1.0:
         raise DataError(f"fraction must be in [0, 1], got {fraction}")
-    return int(math.floor(fraction * n_original + 0.5 + 1e-9))
+    return math.floor(fraction * n_original + 0.5 + 1e-9)
 
 
 _YEAR = re.compile(r"[12]\d{3}")
@@ -156,9 +164,10 @@ def _rewrite(ex: Example, ctx: str, ans: str, sub: str, typ: str, spec: ContextS
 
 
 def counterfactuals_by_substitution(examples: Sequence[Example], n: int, *, seed: int = 0,
-                                    spec: ContextSpec = ContextSpec(),
+                                    spec: ContextSpec | None = None,
                                     type_key: str = TYPE_KEY) -> tuple[list[Example], list[int], dict[str, Any]]:
     """(``n`` counterfactual examples, the indices of the originals they rewrite, stats) by answer substitution."""
+    spec = spec or ContextSpec()
     rng = random.Random(seed)
     info = {i: e for i, ex in enumerate(examples) if (e := _eligible(ex, spec, type_key)) is not None}
     pool: dict[str, dict[str, str]] = defaultdict(dict)  # type -> normalised answer -> first spelling
@@ -199,13 +208,14 @@ def augment_counterfactual(examples: Sequence[Example], fraction: float, *,
                            conflicts: str | Path | Sequence[Any] | None = None, seed: int = 0,
                            mode: Literal["add", "replace"] = "add",
                            context_template: str = DEFAULT_CONTEXT_TEMPLATE, system: str | None = None,
-                           spec: ContextSpec = ContextSpec(), type_key: str = TYPE_KEY,
+                           spec: ContextSpec | None = None, type_key: str = TYPE_KEY,
                            conflict_fields: Mapping[str, str] | None = None) -> AugmentReport:
     """Mix ``round(fraction * len(examples))`` counterfactual examples into ``examples``.
 
     ``conflicts``: a conflicts file / built-in name, or already-loaded ``ConflictItem``s; None means answer
     substitution on ``examples``. ``mode``: "add" or "replace" (see the module docstring).
     """
+    spec = spec or ContextSpec()
     if not examples:
         raise DataError("no examples to augment")
     if mode not in MODES:

@@ -23,8 +23,18 @@ from typing import Any, Literal
 from tunelens.data.schemas import Example
 from tunelens.errors import DataError
 
-__all__ = ["CONTEXT_KEY", "QUESTION_KEY", "ANSWER_KEY", "MISSING_POLICIES", "ContextSpec", "ContextSplit",
-           "example_id", "find_context", "target_turn", "without_context"]
+__all__ = [
+    "ANSWER_KEY",
+    "CONTEXT_KEY",
+    "MISSING_POLICIES",
+    "QUESTION_KEY",
+    "ContextSpec",
+    "ContextSplit",
+    "example_id",
+    "find_context",
+    "target_turn",
+    "without_context",
+]
 
 CONTEXT_KEY = "context"
 QUESTION_KEY = "question"
@@ -77,8 +87,9 @@ def _meta_str(example: Example, key: str) -> str | None:
     return value if value.strip() else None
 
 
-def find_context(example: Example, spec: ContextSpec = ContextSpec()) -> ContextSplit:
+def find_context(example: Example, spec: ContextSpec | None = None) -> ContextSplit:
     """Locate the context of ``example`` by the module's rule; errors name the source and field."""
+    spec = spec or ContextSpec()
     _, u = target_turn(example)
     context = _meta_str(example, spec.context_key)
     if context is None:
@@ -105,8 +116,9 @@ def _remove(content: str, context: str) -> str:
     return sep.join(parts)
 
 
-def without_context(example: Example, spec: ContextSpec = ContextSpec()) -> tuple[list[dict[str, str]], bool]:
+def without_context(example: Example, spec: ContextSpec | None = None) -> tuple[list[dict[str, str]], bool]:
     """(messages up to the last assistant turn with the context removed, whether a context was removed)."""
+    spec = spec or ContextSpec()
     a, _ = target_turn(example)
     split = find_context(example, spec)
     msgs = [dict(m) for m in example.messages[: a + 1]]

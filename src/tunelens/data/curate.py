@@ -101,7 +101,7 @@ def n_to_drop(n: int, drop_fraction: float) -> int:
     """How many of ``n`` examples a ``drop_fraction`` drops: ``floor(drop_fraction * n)`` (never rounds up)."""
     if not 0.0 <= drop_fraction < 1.0:
         raise DataError(f"drop_fraction must be in [0, 1), got {drop_fraction}")
-    return int(math.floor(drop_fraction * n + 1e-9))
+    return math.floor(drop_fraction * n + 1e-9)
 
 
 def select_lowest(values: Sequence[float], drop_fraction: float) -> list[int]:
@@ -113,7 +113,7 @@ def select_lowest(values: Sequence[float], drop_fraction: float) -> list[int]:
     return sorted(order[: n_to_drop(len(values), drop_fraction)])
 
 
-def target_request(example: Example, tokenizer: PreTrainedTokenizerBase, spec: ContextSpec = ContextSpec(), *,
+def target_request(example: Example, tokenizer: PreTrainedTokenizerBase, spec: ContextSpec | None = None, *,
                    chat_template: str | None = None,
                    max_length: int | None = None) -> tuple[list[int], list[int], bool, bool]:
     """(prompt ids without context, target ids, had_context, prompt_truncated) for one example.
@@ -121,6 +121,7 @@ def target_request(example: Example, tokenizer: PreTrainedTokenizerBase, spec: C
     The target is the last assistant turn's content tokens. Over ``max_length`` the prompt loses tokens from
     its start (the target is kept, cut to ``max_length - 1`` tokens if it alone is longer).
     """
+    spec = spec or ContextSpec()
     from tunelens.chat import render
 
     messages, had_context = without_context(example, spec)
@@ -146,11 +147,12 @@ def target_request(example: Example, tokenizer: PreTrainedTokenizerBase, spec: C
 
 
 def parametric_perplexities(examples: Sequence[Example], model: PreTrainedModel,
-                            tokenizer: PreTrainedTokenizerBase, *, spec: ContextSpec = ContextSpec(),
+                            tokenizer: PreTrainedTokenizerBase, *, spec: ContextSpec | None = None,
                             batch_size: int = 8, bf16: bool = False, chat_template: str | None = None,
                             max_length: int | None = None, progress: bool = True) -> list[ExampleScore]:
     """Score every example's target without its context (input order). ``max_length`` defaults to the
     model's ``max_position_embeddings``."""
+    spec = spec or ContextSpec()
     from tunelens.probes.engine import ScoreRequest, score_continuations
 
     if not examples:
@@ -171,7 +173,7 @@ def parametric_perplexities(examples: Sequence[Example], model: PreTrainedModel,
 
 def curate_by_parametric_perplexity(examples: Sequence[Example], model: PreTrainedModel,
                                     tokenizer: PreTrainedTokenizerBase, drop_fraction: float = 0.25, *,
-                                    batch_size: int = 8, bf16: bool = False, spec: ContextSpec = ContextSpec(),
+                                    batch_size: int = 8, bf16: bool = False, spec: ContextSpec | None = None,
                                     chat_template: str | None = None, max_length: int | None = None,
                                     progress: bool = True) -> CurationReport:
     """Drop the ``floor(drop_fraction * n)`` examples whose target is most predictable without the context.
@@ -180,6 +182,7 @@ def curate_by_parametric_perplexity(examples: Sequence[Example], model: PreTrain
     context is (default: ``meta['context']``/``meta['question']``; examples without one raise unless
     ``spec.missing == 'as_is'``).
     """
+    spec = spec or ContextSpec()
     n_to_drop(len(examples), drop_fraction)  # validate before the (slow) scoring
     if max_length is None:
         max_length = getattr(model.config, "max_position_embeddings", None)

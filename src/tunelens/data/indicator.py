@@ -233,7 +233,7 @@ class _UserMass:
         idx = call.layer if call.layer is not None else self.calls
         self.calls += 1
         if idx != self.layer:
-            return None
+            return
         q = call.query_len
         mask = self.user_mask.to(call.query.device)[:, None, None, :call.kv_len]  # [B, 1, 1, K]
         parts = []
