@@ -58,7 +58,8 @@ class TestbedConfig:
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     workers: int = 2  # fine-tuning runs in parallel processes
-    threads: int = 1  # torch threads per worker (and for pretraining: workers * threads)
+    threads: int = 1  # torch threads per worker
+    pretrain_threads: int = 0  # torch threads for pretraining (0: workers * threads; 1 on a busy machine)
     cache_dir: Optional[str] = None  # pretrained-model cache (default: $TUNELENS_TESTBED_CACHE or ~/.cache/...)
     plots: bool = True
 

@@ -83,7 +83,7 @@ def run_fingerprint(cfg: TestbedConfig, variant: str, seed: int) -> str:
     from dataclasses import asdict
 
     d = asdict(cfg)
-    for k in ("seeds", "variants", "workers", "threads", "plots", "cache_dir"):
+    for k in ("seeds", "variants", "workers", "threads", "pretrain_threads", "plots", "cache_dir"):
         d.pop(k)
     return hashlib.sha256(json.dumps([d, variant, seed], sort_keys=True).encode()).hexdigest()[:16]
 

@@ -70,7 +70,7 @@ def run_testbed(cfg: TestbedConfig, out: str | Path, progress: bool = True) -> d
     save_config(cfg, out / "config.yaml")
     t0 = time.perf_counter()
     threads_before = torch.get_num_threads()
-    torch.set_num_threads(cfg.workers * cfg.threads)
+    torch.set_num_threads(cfg.pretrain_threads or cfg.workers * cfg.threads)
     _quiet_transformers()
     try:
         world = generate_world(cfg.world)
