@@ -24,7 +24,7 @@ import torch
 
 from tunelens.data import Example, load_examples
 from tunelens.data.augment import substitute_answer
-from tunelens.data.curate import curate_by_parametric_perplexity
+from tunelens.data.curate import parametric_perplexities, select_lowest
 from tunelens.data.indicator import context_dependency_scores, default_layer
 from tunelens.models import load_model
 
@@ -66,14 +66,10 @@ def main() -> None:
     res: dict = {"model": args.model, "n_examples": len(exs), "batch_size": args.batch_size, "bf16": True}
 
     t0 = time.perf_counter()
-    scores = None
-    for frac in (0.25, 0.5):
-        rep = curate_by_parametric_perplexity(exs, model, tok, frac, batch_size=args.batch_size, bf16=True,
-                                              progress=False)
-        if scores is None:
-            res["curate_seconds"] = time.perf_counter() - t0
-            scores = rep.scores
-        kinds = [e.meta["kind"] for e in rep.dropped]
+    scores = parametric_perplexities(exs, model, tok, batch_size=args.batch_size, bf16=True, progress=False)
+    res["curate_seconds"] = time.perf_counter() - t0
+    for frac in (0.25, 0.5):  # what curate_by_parametric_perplexity(exs, ..., frac) drops, from the same scores
+        kinds = [exs[i].meta["kind"] for i in select_lowest([s.mean_nll for s in scores], frac)]
         res[f"curate_drop_{frac}"] = {"n_dropped": len(kinds), "share_CS_among_dropped": kinds.count("C+S") / len(kinds)}
     by_kind = {k: [s.parametric_ppl for s, e in zip(scores, exs) if e.meta["kind"] == k] for k in ("C", "C+S")}
     res["parametric_ppl"] = {k: describe(v) for k, v in by_kind.items()}
