@@ -49,6 +49,18 @@ def test_corpus_states_pretrained_facts_only(world):
         assert f.subject in words and f.object in words
 
 
+def test_corpus_question_form_only_for_chosen_people(world):
+    docs = build_corpus(world, CorpusConfig(repeats=3, question_form="train"))
+    asked = {w for d in docs for w in d.split() if w in world.groups["train"] or w in world.groups["heldout"]}
+    questions = [d for d in docs if any(f"{p} born?" in d or f"{p} work for?" in d
+                                        for p in world.groups["train"] + world.groups["heldout"])]
+    assert asked and questions
+    assert all(not any(f"{p} born?" in d or f"{p} work for?" in d for p in world.groups["heldout"]) for d in docs)
+    assert any(f"{p} born?" in d for d in questions for p in world.groups["train"])
+    none = build_corpus(world, CorpusConfig(repeats=3))
+    assert not any(f"{p} born?" in d for d in none for p in world.groups["train"] + world.groups["heldout"])
+
+
 def test_mixture_labels(world):
     cfg = MixtureConfig(n_examples=400, proportions={"C": 0.3, "C+S": 0.3, "S": 0.3, "generic": 0.1})
     examples = build_mixture(world, cfg, seed=0)

@@ -35,6 +35,7 @@ class CorpusConfig:
     repeats: int = 24  # renderings of every entity's document
     filler_prob: float = 0.3  # chance of a filler sentence after each fact sentence
     reading_per_repeat: int = 100  # reading passages added per rendering of the corpus
+    question_form: str = "none"  # people whose facts also appear as "question? answer." : none | train | all
     seed: int = 0
 
 
@@ -60,6 +61,16 @@ def reading_passage(world: World, rng: random.Random) -> str:
     return " ".join(sentences) + f" {rels[k].question.format(s=person)} {objects[k]}."
 
 
+def _question_form_subjects(world: World, which: str) -> set[str]:
+    if which not in ("none", "train", "all"):
+        from tunelens.errors import ConfigError
+
+        raise ConfigError(f"corpus.question_form must be none, train or all, got {which!r}.")
+    if which == "none":
+        return set()
+    return set(world.groups["train"]) | (set(world.groups["heldout"]) if which == "all" else set())
+
+
 def build_corpus(world: World, cfg: CorpusConfig) -> list[str]:
     """Documents (one string each) in a seeded random order."""
     rng = random.Random(f"tunelens-corpus-{cfg.seed}")
@@ -67,6 +78,7 @@ def build_corpus(world: World, cfg: CorpusConfig) -> list[str]:
     for f in world.pretraining_facts():
         by_subject.setdefault(f.subject, []).append(f)
     subjects = sorted(by_subject)
+    asked = _question_form_subjects(world, cfg.question_form)
     docs = []
     for _ in range(cfg.repeats):
         for s in subjects:
@@ -74,7 +86,8 @@ def build_corpus(world: World, cfg: CorpusConfig) -> list[str]:
             rng.shuffle(facts)
             sentences = []
             for f in facts:
-                sentences.append(rng.choice(f.rel.phrasings).format(s=f.subject, o=f.object))
+                forms = f.rel.phrasings + ((f.rel.question + " {o}.",) if s in asked else ())
+                sentences.append(rng.choice(forms).format(s=f.subject, o=f.object))
                 if rng.random() < cfg.filler_prob:
                     sentences.append(filler_sentence(rng))
             docs.append(" ".join(sentences))
