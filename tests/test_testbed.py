@@ -3,16 +3,29 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 from tunelens.data.schemas import Example
 from tunelens.probes.items import load_conflicts
 from tunelens.probes.trajectory import TrajectoryCallback, TrajectoryOptions
-from tunelens.testbed import (ArchConfig, CorpusConfig, MixtureConfig, PretrainConfig, WorldConfig, aggregate,
-                              build_corpus, build_mixture, cache_key, counterfactual_items, drop_kinds,
-                              ensure_pretrained, generate_world, reproduction_checks, run_summary)
+from tunelens.testbed import (
+    ArchConfig,
+    CorpusConfig,
+    MixtureConfig,
+    PretrainConfig,
+    WorldConfig,
+    aggregate,
+    build_corpus,
+    build_mixture,
+    cache_key,
+    counterfactual_items,
+    drop_kinds,
+    ensure_pretrained,
+    generate_world,
+    reproduction_checks,
+    run_summary,
+)
 from tunelens.testbed.mixtures import write_jsonl
 
 SMALL = dict(n_train_people=12, n_heldout_people=8, n_novel_people=10, n_cities=6, n_countries=4, n_organisations=5,

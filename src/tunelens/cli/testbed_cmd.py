@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -16,7 +15,7 @@ app = typer.Typer(no_args_is_help=True, help="Synthetic world -> tiny pretrained
 @app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run(
     ctx: typer.Context,
-    config: Optional[Path] = typer.Argument(None, help="Testbed recipe YAML (configs/testbed.yaml); omit for defaults."),
+    config: Path | None = typer.Argument(None, help="Testbed recipe YAML (configs/testbed.yaml); omit for defaults."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (finished variant runs in it are reused)."),
 ) -> None:
     """Pretrain (or reuse the cached model), fine-tune every variant x seed, write summary.json and plots.

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from tunelens.train.metrics import read_metrics  # noqa: E402
+from tunelens.train.metrics import read_metrics
 
 
 def _runs(out: Path, variants: Sequence[str] | None, seeds: Sequence[int] | None) -> dict[str, list[tuple[int, dict]]]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from tunelens.errors import ConfigError
 from tunelens.testbed.corpus import CorpusConfig
@@ -40,7 +39,7 @@ class MitigationConfig:
     counterfactual_fraction: float = 0.1  # counterfactual: add this share of counterfactual-context examples
     counterfactual_source: str = "conflicts"  # conflicts: swapped contexts of train people's facts | substitution
     indicator_beta: float = 0.6  # indicator: flag examples whose context-dependency score exceeds beta
-    indicator_layer: Optional[int] = None  # default: the middle layer of the seed model
+    indicator_layer: int | None = None  # default: the middle layer of the seed model
     indicator_token: str = "[IND]"
     qk_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj"])
 
@@ -60,7 +59,7 @@ class TestbedConfig:
     workers: int = 2  # fine-tuning runs in parallel processes
     threads: int = 1  # torch threads per worker
     pretrain_threads: int = 0  # torch threads for pretraining (0: workers * threads; 1 on a busy machine)
-    cache_dir: Optional[str] = None  # pretrained-model cache (default: $TUNELENS_TESTBED_CACHE or ~/.cache/...)
+    cache_dir: str | None = None  # pretrained-model cache (default: $TUNELENS_TESTBED_CACHE or ~/.cache/...)
     plots: bool = True
 
     def validate(self) -> None:

@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from tunelens.data.schemas import Example
-from tunelens.testbed.mixtures import MixtureConfig, build_mixture, render_context, _distractors
+from tunelens.testbed.mixtures import (
+    MixtureConfig,
+    _distractors,
+    build_mixture,
+    render_context,
+)
 from tunelens.testbed.world import Fact, World
 
 

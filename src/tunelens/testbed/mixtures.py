@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from tunelens.data.schemas import Example
 from tunelens.errors import ConfigError
@@ -156,6 +157,5 @@ def write_jsonl(examples: Iterable[Example], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:
-        for ex in examples:
-            fh.write(json.dumps({"messages": ex.messages, **ex.meta}, ensure_ascii=False) + "\n")
+        fh.writelines(json.dumps({"messages": ex.messages, **ex.meta}, ensure_ascii=False) + "\n" for ex in examples)
     return path

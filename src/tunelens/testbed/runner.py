@@ -25,11 +25,20 @@ import torch
 from tunelens.config import save_config
 from tunelens.progress import progress_bar
 from tunelens.testbed.config import TestbedConfig
-from tunelens.testbed.evalsets import counterfactual_items, indistribution_set, write_conflicts
+from tunelens.testbed.evalsets import (
+    counterfactual_items,
+    indistribution_set,
+    write_conflicts,
+)
 from tunelens.testbed.finetune import EvalSets, run_variant
 from tunelens.testbed.mixtures import write_jsonl
 from tunelens.testbed.pretrain import ensure_pretrained
-from tunelens.testbed.summary import aggregate, format_table, reproduction_checks, run_summary
+from tunelens.testbed.summary import (
+    aggregate,
+    format_table,
+    reproduction_checks,
+    run_summary,
+)
 from tunelens.testbed.world import World, generate_world
 
 

@@ -8,8 +8,9 @@ seeds, and the difference of the means from ``vanilla``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from statistics import mean, stdev
-from typing import Any, Sequence
+from typing import Any
 
 TABLE_KEYS = ("reliance_initial", "reliance_peak", "step_of_peak", "reliance_final", "inversion", "id_acc_final",
               "id_acc_at_peak", "closed_book_final")
@@ -90,13 +91,13 @@ def format_table(table: dict[str, dict[str, Any]]) -> str:
     head = ("| variant | seeds | reliance peak | step of peak | final reliance | inversion | final ID acc | "
             "d final reliance | d inversion | d ID acc |")
     lines = [head, "|" + "---|" * 10]
+    def ms(row: dict[str, Any], k: str, fmt: str = ".3f") -> str:
+        return f"{row[k]['mean']:{fmt}} ± {row[k]['sd']:{fmt}}"
+
     for name, row in table.items():
-        def ms(k: str, fmt: str = ".3f") -> str:
-            s = row[k]
-            return f"{s['mean']:{fmt}} ± {s['sd']:{fmt}}"
         d = row.get("vs_vanilla", {})
-        lines.append(f"| {name} | {len(row['seeds'])} | {ms('reliance_peak')} | {ms('step_of_peak', '.0f')} | "
-                     f"{ms('reliance_final')} | {ms('inversion')} | {ms('id_acc_final')} | "
+        lines.append(f"| {name} | {len(row['seeds'])} | {ms(row, 'reliance_peak')} | {ms(row, 'step_of_peak', '.0f')} | "
+                     f"{ms(row, 'reliance_final')} | {ms(row, 'inversion')} | {ms(row, 'id_acc_final')} | "
                      f"{d.get('reliance_final', math.nan):+.3f} | {d.get('inversion', math.nan):+.3f} | "
                      f"{d.get('id_acc_final', math.nan):+.3f} |")
     return "\n".join(lines)

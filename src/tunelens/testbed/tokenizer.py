@@ -6,7 +6,7 @@ chat format as the bundled presets; unknown words map to ``[UNK]``.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from transformers import PreTrainedTokenizerFast
 
