@@ -1,4 +1,5 @@
-"""``tunelens data show``: render examples with their trained tokens highlighted (or as JSON)."""
+"""``tunelens data show``: render examples with their trained tokens highlighted (or as JSON); the data-prep
+commands (``curate``, ``augment``, ``indicate``) live in :mod:`tunelens.cli.data_prep_cmd`."""
 from __future__ import annotations
 
 import json
@@ -64,3 +65,14 @@ def show(
         con.print(highlight(r))
     if fmt == "text" and report.rejected:
         con.print(f"[yellow]{len(report.rejected)} records rejected; first: {report.rejected[0]}[/]")
+
+
+def _register_prep() -> None:
+    from tunelens.cli import data_prep_cmd
+
+    app.command("curate")(data_prep_cmd.curate)
+    app.command("augment")(data_prep_cmd.augment)
+    app.command("indicate")(data_prep_cmd.indicate)
+
+
+_register_prep()

@@ -59,7 +59,8 @@ class Example:
     ``source`` locates the record (``"path:line"`` for JSONL/CSV, ``"path:#index"`` for
     record-indexed formats). ``meta`` holds the record's fields that were not used to build
     the messages; for ``context_qa`` it also holds the resolved ``context``, ``question`` and
-    ``answer`` strings (curation needs them).
+    ``answer`` strings, and for ``alpaca`` records with a non-empty ``input`` the ``context`` (= input)
+    and ``question`` (= instruction) (curation needs them; see :mod:`tunelens.data.context`).
     """
 
     messages: list[dict[str, str]]
@@ -260,7 +261,8 @@ def _from_alpaca(mapped: Mapping[str, Any], fmap: FieldMap, template: str) -> _P
     output = check_string(mapped["output"], fmap.label("output"), nonempty=True)
     user = instruction + ("\n\n" + inp if inp.strip() else "")
     messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
-    return messages, ["instruction", "input", "output"], {}
+    extra = {"context": inp, "question": instruction} if inp.strip() else {}  # curation's context rule
+    return messages, ["instruction", "input", "output"], extra
 
 
 def _from_context_qa(mapped: Mapping[str, Any], fmap: FieldMap, template: str) -> _Parts:

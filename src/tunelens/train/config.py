@@ -29,6 +29,9 @@ class DataConfig:
     max_length: int = 512
     truncation: str = "right"  # right | drop
     packing: bool = True
+    # Data-prep steps run before tokenizing (tunelens.data.prep): curate / augment / indicate, e.g.
+    # [{step: curate, drop: 0.25}, {step: indicate, beta: 0.6}]. Empty: none.
+    prep: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -90,3 +93,7 @@ class SFTConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(f"Bad SFT config: {msg}.")
+        if self.data.prep:
+            from tunelens.data.prep import validate_prep
+
+            validate_prep(self.data.prep)

@@ -88,17 +88,28 @@ def forward_backward(model: torch.nn.Module, batches: list[dict[str, torch.Tenso
     return loss_sum
 
 
-def prepare_data(cfg: SFTConfig, tokenizer: Any) -> tuple[list[Any], dict[str, Any]]:
-    """Load, validate, render and (optionally) pack the training data; return rows and a report."""
+def prepare_data(cfg: SFTConfig, tokenizer: Any, model: Any = None) -> tuple[list[Any], dict[str, Any]]:
+    """Load, validate, prepare (``data.prep``), render and (optionally) pack the training data; return rows and
+    a report. An ``indicate`` prep step adds its token to ``tokenizer`` and ``model`` (before tokenizing)."""
     d = cfg.data
     loaded = load_examples(d.paths, schema=d.schema, fields=dict(d.fields), on_error=d.on_error,
                            system=d.system, limit=d.limit)
-    examples, treport = tokenize_examples(loaded.examples, tokenizer, max_length=d.max_length,
+    prepared, prep_reports = loaded.examples, []
+    if d.prep:
+        from tunelens.data.indicator import add_indicator_token
+        from tunelens.data.prep import run_prep
+
+        prep = run_prep(prepared, d.prep, model, tokenizer, seed=cfg.seed)
+        prepared, prep_reports = prep.examples, prep.reports
+        if prep.indicator_token is not None:
+            add_indicator_token(model, tokenizer, prep.indicator_token, init_from=prep.indicator_init_from)
+    examples, treport = tokenize_examples(prepared, tokenizer, max_length=d.max_length,
                                           train_on=d.train_on, truncation=d.truncation)
     rows = pack_examples(examples, d.max_length) if d.packing else examples
     report = {
         "load": {"n_read": loaded.n_read, "n_examples": len(loaded.examples), "n_rejected": len(loaded.rejected),
                  "rejected": [str(r) for r in loaded.rejected[:200]], "summary": loaded.summary()},
+        "prep": prep_reports,
         "tokenize": asdict(treport),
         "rows": len(rows),
         "packing": d.packing,
@@ -150,9 +161,10 @@ def train_sft(cfg: SFTConfig, out: str | Path, callbacks: Sequence[Callback] = (
                             seed=cfg.model.seed)
     if cfg.model.chat_template:
         tok.chat_template = load_template_file(cfg.model.chat_template)
+    model.to(acc.device)
+    rows, data_report = prepare_data(cfg, tok, model)  # before LoRA/QK wrapping: prep may score with the model
     model = apply_finetune_mode(model, cfg.finetune, cfg.lora, tuple(cfg.qk_modules))
     model.to(acc.device)
-    rows, data_report = prepare_data(cfg, tok)
     plan = BatchPlan(len(rows), cfg.batch_size, cfg.grad_accum, dist.world, cfg.seed)
     total_steps = plan.steps_for_epochs(cfg.epochs) if cfg.epochs is not None else cfg.max_steps
     if dist.is_main:
