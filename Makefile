@@ -1,16 +1,17 @@
 # tunelens: two commands do everything on a machine with Python >= 3.11 and pip.
 #
-#   make demo    the main job: the context-parametric inversion testbed, vanilla vs mitigations (runs/testbed)
+#   make demo    the main job: a short SFT run of a tiny preset on real instruction data, with a summary
 #   make test    the whole test suite (python -m pytest tests), slow tests included
 #
 # Both create/reuse .venv and install what they need once; a stamp file named after a hash of
 # pyproject.toml (and the torch pin) makes a second run skip the install. Other targets:
 #
 #   make install     only the install step          make test-fast   tests without @pytest.mark.slow
+#   make testbed     the context-parametric inversion testbed (configs/testbed.yaml -> runs/testbed)
 #   make clean-venv  remove .venv                   make help        this text
 #
 # Variables: PYTHON (interpreter that creates .venv, default python3), TORCH_SPEC (default torch==2.13.0),
-# PYTEST_ARGS (extra pytest arguments), DEMO_CONFIG, DEMO_OUT, DEMO_ARGS (key=value overrides for the demo run),
+# PYTEST_ARGS (extra pytest arguments), DEMO_CONFIG, DEMO_ARGS (key=value overrides for the demo run),
 # ALLOW_CUDA_TORCH=1 (let pip install a CUDA build of torch; refused by default, it is several GB).
 
 SHELL := /bin/bash
@@ -25,14 +26,13 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell { cat pyproject.toml; echo '$(TORCH_SPEC)'; } | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
-DEMO_CONFIG ?= configs/testbed.yaml
-DEMO_OUT ?= runs/testbed
+DEMO_CONFIG ?= configs/sft-tiny.yaml
 DEMO_ARGS ?=
 
-.PHONY: help install demo test test-fast clean-venv
+.PHONY: help install demo testbed test test-fast clean-venv
 
 help:
-	@sed -n '1,15p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,16p' Makefile | sed 's/^# \{0,1\}//'
 
 install: $(STAMP)
 
@@ -87,12 +87,41 @@ $(STAMP):
 	rm -f $(VENV)/.installed-*; \
 	touch $@
 
+define DEMO_SUMMARY_PY
+import json, pathlib, sys
+run = pathlib.Path(sys.argv[1])
+summary = json.loads((run / "summary.json").read_text())
+train = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
+train = [r for r in train if r.get("event") == "train"]
+data = summary.get("data", {})
+first, last = train[0], train[-1]
+tail = train[-10:]
+print("\n=== tunelens demo: SFT summary ===")
+print(f"run dir       {run}")
+print(f"data          {data.get('load', {}).get('n_examples')} examples -> {data.get('rows')} packed rows "
+      f"({data.get('tokenize', {}).get('n_truncated', 0)} truncated)")
+print(f"model         {data.get('n_params', 0) / 1e6:.2f}M params, {data.get('n_trainable', 0) / 1e6:.2f}M trained")
+print(f"steps         {summary['steps']} in {summary['wall_s']:.1f}s")
+print(f"loss          {first['loss']:.3f} (step {first['step']}) -> {last['loss']:.3f} (step {last['step']}); "
+      f"mean of last {len(tail)} steps {sum(r['loss'] for r in tail) / len(tail):.3f}")
+print(f"throughput    {summary['tokens_per_s']:.0f} trained tokens/s, "
+      f"{sum(r['input_tokens'] for r in train) / sum(r['step_s'] for r in train):.0f} input tokens/s")
+print(f"final model   {summary['final_model']}")
+print(f"              load it: AutoModelForCausalLM.from_pretrained('{summary['final_model']}')")
+print(f"metrics       {run / 'metrics.jsonl'}  (tensorboard --logdir {run / 'tensorboard'})")
+endef
+export DEMO_SUMMARY_PY
 
-# The testbed run prints the per-variant table; DEMO_OUT/summary.json, summary.md and plots/ hold the results.
 demo: install
-	@set -e; \
-	echo "make: $(VENV)/bin/tunelens testbed run $(DEMO_CONFIG) --out $(DEMO_OUT) $(DEMO_ARGS)"; \
-	$(VENV)/bin/tunelens testbed run $(DEMO_CONFIG) --out "$(DEMO_OUT)" $(DEMO_ARGS)
+	@set -e; run="runs/demo-$$(date +%Y%m%d-%H%M%S)"; \
+	echo "make: $(VENV)/bin/tunelens sft $(DEMO_CONFIG) --out $$run $(DEMO_ARGS)"; \
+	$(VENV)/bin/tunelens sft $(DEMO_CONFIG) --out "$$run" $(DEMO_ARGS); \
+	$(PY) -c "$$DEMO_SUMMARY_PY" "$$run"
+
+# The synthetic testbed (issue #4): pretrains a tiny model on a generated world (cached), fine-tunes the mixture
+# variants with the conflicts probe along training, writes runs/testbed/summary.json, summary.md and plots.
+testbed: install
+	$(VENV)/bin/tunelens testbed run configs/testbed.yaml --out runs/testbed $(DEMO_ARGS)
 
 # The README's test command. PYTEST_RC_FILE (set by .ci/run) receives pytest's exit code, so a caller can tell
 # "no tests collected" (5) from failures (1) and from an install error (no file written).
