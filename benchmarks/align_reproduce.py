@@ -4,7 +4,7 @@ Runs ``train_align`` for every (loss, seed) with the same recipe and number of s
 table of alignment, KL(p‖π), JS(π‖p), KL(π‖a) and Distinct-2 at the end (mean ± sd over seeds).
 
     PYTHONPATH=src python benchmarks/align_reproduce.py configs/align-prose-pointwise.yaml --out runs/repro \
-        --losses fkl rkl js tv --seeds 0 1 2 [key=value ...]
+        --losses fkl rkl js tv --seeds 0 1 2 [--set key=value ...]
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--losses", nargs="+", default=["fkl", "rkl", "js", "tv"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--set", nargs="*", default=[], dest="overrides", help="config overrides key=value")
     args = ap.parse_args()
     out = Path(args.out)
     rows = {}
