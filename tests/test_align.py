@@ -223,3 +223,22 @@ def test_cli_errors_name_the_part(tmp_path, run_cli):
     unknown.write_text(MICRO.replace("LOSS", "js").replace("kind: regex", "kind: sentiment"))
     bad = run_cli("align", unknown, "--out", tmp_path / "r3")
     assert bad.returncode == 2 and "target[0].feature: unknown scorer kind 'sentiment'" in bad.stderr
+
+
+@pytest.mark.slow
+def test_lora_with_fixed_and_adaptive_proposals(tmp_path):
+    from tunelens.align import AlignConfig, train_align
+    from tunelens.config import load_config
+
+    for proposal in ("base", "adaptive"):
+        cfg = load_config(AlignConfig, _micro(tmp_path, "fkl"),
+                          [f"proposal={proposal}", "proposal_update_every=1", "finetune=lora", "max_steps=3",
+                           "baseline=exact"])
+        res = train_align(cfg, tmp_path / proposal)
+        train = read_metrics(tmp_path / proposal, "train")
+        assert [r["step"] for r in train] == [1, 2, 3]
+        assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in train)
+        # q ≠ π after the first update: the importance weights π/q are no longer all equal
+        assert train[-1]["pi_over_q/ess_fraction"] < 1.0
+        assert res.final["kl_pi_a"] > 0
+        assert ("proposal_swapped" in train[-1]) == (proposal == "adaptive")
