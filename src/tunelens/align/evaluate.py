@@ -1,0 +1,63 @@
+"""The two measurements outside the optimisation loop: the probe of the base (Ẑ, λ) and policy evaluations."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any, Sequence
+
+import torch
+
+from tunelens.align.features import TargetError
+from tunelens.align.metrics import divergences, policy_metrics
+from tunelens.align.partition import PartitionEstimator, ess
+from tunelens.align.samples import Context
+from tunelens.align.scoring import AlignModels
+from tunelens.align.targets import Target
+
+
+def probe_base(models: AlignModels, target: Target, contexts: Sequence[Context], z: PartitionEstimator, *,
+               n_per_context: int, max_new_tokens: int, seed: int, fit_tol: float = 1e-4) -> dict[str, Any]:
+    """Sample the base a for every context: fit λ (distributional factors, pooled over contexts) and
+    initialise Ẑ_c (weights P/a = the factors). Raise :class:`TargetError` if a context accepts no sample."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [c for c in contexts for _ in range(n_per_context)]
+    drawn = models.sample("base", rows, max_new_tokens, g)
+    fits = target.fit(drawn.samples, tol=fit_tol)
+    log_f = target.log_factor(drawn.samples)
+    idx = drawn.samples.context_index
+    per_ctx = {}
+    for c in contexts:
+        sel = torch.tensor([i == c.index for i in idx])
+        acc = float(torch.isfinite(log_f[sel]).double().mean())
+        if acc == 0.0:
+            raise TargetError(
+                f"zero acceptance: none of the {n_per_context} probe samples of context {c.index} "
+                f"({c.text[:60]!r}) has non-zero target mass under {[f.name for f in target.factors]}. Increase "
+                "probe_samples or max_new_tokens, or choose a less rare constraint.")
+        per_ctx[c.index] = {"acceptance": acc, "ess": ess(log_f[sel])}
+    z.update(idx, log_f)
+    return {"fits": [asdict(f) for f in fits], "lambdas": target.state(), "contexts": per_ctx,
+            "acceptance": sum(v["acceptance"] for v in per_ctx.values()) / len(per_ctx),
+            **{f"z/{k}": v for k, v in z.summary().items()}}
+
+
+def evaluate_policy(models: AlignModels, target: Target, contexts: Sequence[Context], z: PartitionEstimator, *,
+                    n_per_context: int, max_new_tokens: int, seed: int) -> dict[str, float]:
+    """Alignment, divergences to the target (IS, with Ẑ), KL from the base, diversity, on fresh policy samples.
+
+    The same ``seed`` at every evaluation gives common random numbers across steps.
+    """
+    g = torch.Generator().manual_seed(seed)
+    rows = [c for c in contexts for _ in range(n_per_context)]
+    drawn = models.sample("policy", rows, max_new_tokens, g)
+    s = drawn.samples
+    log_pi = drawn.logprob
+    log_a = models.score("base", s)
+    log_f = target.log_factor(s)
+    log_p = log_a + log_f - z.log_z_of(s.context_index)
+    out = dict(target.alignment(s))
+    out.update(divergences(log_pi, log_p, s.context_index))
+    out.update(policy_metrics(log_pi, log_a, [len(t) for t in s.token_ids], s.token_ids))
+    out.update({f"z/{k}": v for k, v in z.summary([c.index for c in contexts]).items()})
+    out["n_samples"] = float(len(s))
+    return {k: (v if math.isfinite(v) else float(v)) for k, v in out.items()}
