@@ -71,12 +71,16 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
             except yaml.YAMLError as exc:
                 raise ConfigError(f"A command-line override is not a valid value ({dotlist}): "
                                   f"{str(exc).splitlines()[0]}") from exc
-            base = OmegaConf.merge(base, overrides_cfg)
+            for item in dotlist:  # update() (not merge) so that list entries can be addressed: target.0.x=1
+                key = item.partition("=")[0]
+                OmegaConf.update(base, key, OmegaConf.select(overrides_cfg, key), merge=True)
         obj = OmegaConf.to_object(base)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
         msg = str(exc).splitlines()[0]
         raise ConfigError(f"Bad config key '{key}' in {source}: {msg}") from exc
+    except (TypeError, ValueError, IndexError) as exc:
+        raise ConfigError(f"Bad config value in {source}: {str(exc).splitlines()[0]}") from exc
     validate = getattr(obj, "validate", None)
     if callable(validate):
         validate()
