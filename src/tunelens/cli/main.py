@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from tunelens.cli import data_cmd, eval_cmd, models_cmd, probe_cmd, sft_cmd
+from tunelens.cli import data_cmd, eval_cmd, models_cmd, probe_cmd, sft_cmd, synth_cmd
 from tunelens.errors import TunelensError
 
 app = typer.Typer(name="tunelens", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -19,6 +19,7 @@ app.add_typer(data_cmd.app, name="data")
 app.add_typer(probe_cmd.app, name="probe")
 app.add_typer(eval_cmd.app, name="eval")
 app.command("sft", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(sft_cmd.sft)
+app.command("synth", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(synth_cmd.synth)
 
 
 def main(argv: list[str] | None = None) -> int:
