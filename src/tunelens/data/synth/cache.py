@@ -69,20 +69,27 @@ class TeacherCache:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def put_many(self, items: Iterable[tuple[str, TeacherResult, dict[str, Any]]]) -> int:
-        """Append successful results (``(key, result, extra)``; ``extra`` is stored for humans); returns how many."""
+    def put(self, key: str, result: TeacherResult, extra: dict[str, Any] | None = None) -> bool:
+        """Append one successful result (one ``write``: it survives a killed process); False if not stored."""
         if self._fd is None:
             raise RuntimeError("TeacherCache is not open")
-        n = 0
-        for key, result, extra in items:
-            if not result.ok or key in self.entries:
-                continue
-            line = json.dumps({"key": key, "result": result.to_dict(), **extra}, ensure_ascii=False) + "\n"
-            os.write(self._fd, line.encode("utf-8"))
-            self.entries[key] = result
-            n += 1
-        if n:
+        if not result.ok or key in self.entries:
+            return False
+        line = json.dumps({"key": key, "result": result.to_dict(), **(extra or {})}, ensure_ascii=False) + "\n"
+        os.write(self._fd, line.encode("utf-8"))
+        self.entries[key] = result
+        return True
+
+    def sync(self) -> None:
+        """fsync the file (durability across a power loss, not only a killed process)."""
+        if self._fd is not None:
             os.fsync(self._fd)
+
+    def put_many(self, items: Iterable[tuple[str, TeacherResult, dict[str, Any]]]) -> int:
+        """Append successful results (``(key, result, extra)``; ``extra`` is stored for humans) and fsync."""
+        n = sum(self.put(key, result, extra) for key, result, extra in items)
+        if n:
+            self.sync()
         return n
 
     def close(self) -> None:

@@ -91,9 +91,11 @@ def chunk_document(source_id: str, text: str, tokenizer: Any, cfg: ChunkConfig) 
         lo = start + max(1, int(cfg.passage_tokens * cfg.min_fill))
         cut = hi if hi == n else _last_in(para, lo, hi) or _last_in(sent, lo, hi) or hi
         a, b = offsets[start][0], offsets[cut - 1][1]
-        piece = text[a:b].strip()
+        raw = text[a:b]
+        piece = raw.strip()
         if cut - start >= cfg.min_tokens and piece:
-            passages.append(Passage(source_id, len(passages), piece, cut - start, a))
+            lead = len(raw) - len(raw.lstrip())
+            passages.append(Passage(source_id, len(passages), piece, cut - start, a + lead))
         else:
             dropped += 1
         start = cut

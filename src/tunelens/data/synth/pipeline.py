@@ -8,6 +8,7 @@ where it stopped without repeating a finished request.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
@@ -115,12 +116,19 @@ def _complete_all(pairs: list[PairCandidate], teacher: Teacher, cache: TeacherCa
     counts["cache_hits"] = len(results)
     unique = list({pc.key: pc for pc in todo}.values())
     t0, done = time.perf_counter(), 0
+    streams = "on_result" in inspect.signature(teacher.complete).parameters
     with progress_bar(len(unique), f"synth ({teacher.name})", status="") as bar:
         for start in range(0, len(unique), batch):
             chunk = unique[start:start + batch]
-            got = teacher.complete([pc.request for pc in chunk])
+
+            def store(i: int, r: TeacherResult, chunk: list[PairCandidate] = chunk) -> None:
+                cache.put(chunk[i].key, r, {"source_id": chunk[i].passage.passage_id})
+
+            reqs = [pc.request for pc in chunk]
+            got = teacher.complete(reqs, on_result=store) if streams else teacher.complete(reqs)
             counts["requests_sent"] += len(chunk)
             cache.put_many((pc.key, r, {"source_id": pc.passage.passage_id}) for pc, r in zip(chunk, got))
+            cache.sync()
             for pc, r in zip(chunk, got):
                 results[pc.key] = r
                 counts["teacher_attempts"] += r.attempts
@@ -196,6 +204,7 @@ def _filter(pairs: list[PairCandidate], results: dict[str, TeacherResult], cfg: 
         base = {"source_id": pc.passage.source_id, "passage_id": pc.passage.passage_id, "key": pc.key}
         if not res.ok:
             counts["teacher_timeouts" if res.finish_reason == "timeout" else "teacher_errors"] += 1
+            counts["teacher_malformed"] += "malformed response" in (res.error or "")
             rejected.append({**base, "reason": f"teacher_{res.finish_reason}", "detail": res.error,
                              "attempts": res.attempts})
             continue
@@ -251,7 +260,7 @@ def _report(cfg: SynthConfig, counts: Counter, issues: list[SourceIssue], reject
                    **{k: counts[k] for k in (
                        "short_documents", "short_tail_pieces", "passages", "exact_duplicates", "near_duplicates",
                        "not_sampled", "short_passages", "pairs_to_complete", "cache_hits", "cache_torn_lines",
-                       "requests_sent", "teacher_attempts", "teacher_errors", "teacher_timeouts",
+                       "requests_sent", "teacher_attempts", "teacher_errors", "teacher_malformed", "teacher_timeouts",
                        "empty_outputs", "truncated_outputs", "filtered")},
                    "filtered_by_reason": {k[len("filtered_"):]: v for k, v in sorted(counts.items())
                                           if k.startswith("filtered_")}},

@@ -11,10 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
-__all__ = ["SamplingParams", "TeacherRequest", "TeacherResult", "Teacher", "FINISH_REASONS", "request_messages",
+__all__ = ["OnResult", "SamplingParams", "TeacherRequest", "TeacherResult", "Teacher", "FINISH_REASONS", "request_messages",
            "content_hash"]
+
+#: ``on_result(index, result)``: called as each request of a ``complete`` call finishes.
+OnResult = Optional[Callable[[int, "TeacherResult"], None]]
 
 #: ``stop``: natural end (EOS or a stop string); ``length``: hit max_tokens; ``timeout``/``error``: failed.
 FINISH_REASONS = ("stop", "length", "timeout", "error")
@@ -94,7 +97,11 @@ class Teacher(Protocol):
         ...
 
     def complete(self, requests: Sequence[TeacherRequest]) -> list[TeacherResult]:
-        """One result per request, in order; failures are results with ``error`` set, never exceptions."""
+        """One result per request, in order; failures are results with ``error`` set, never exceptions.
+
+        Built-in teachers also take ``on_result=callback``: ``callback(index, result)`` is called (in the calling
+        thread) as soon as each request finishes, so a caller can persist results before the batch ends.
+        """
         ...
 
     def close(self) -> None:

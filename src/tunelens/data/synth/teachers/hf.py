@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from tunelens.data.synth.teachers.base import (SamplingParams, TeacherRequest, TeacherResult, content_hash,
+from tunelens.data.synth.teachers.base import (OnResult, SamplingParams, TeacherRequest, TeacherResult, content_hash,
                                                request_messages)
 from tunelens.errors import ConfigError
 
@@ -67,15 +67,19 @@ class HFTeacher:
             ids = tok(req.prompt, add_special_tokens=True)["input_ids"]
         return ids[-self.max_prompt_tokens:] if ids else ids
 
-    def complete(self, requests: Sequence[TeacherRequest]) -> list[TeacherResult]:
+    def complete(self, requests: Sequence[TeacherRequest], on_result: OnResult = None) -> list[TeacherResult]:
         out: list[TeacherResult] = []
         for start in range(0, len(requests), self.batch_size):
             batch = requests[start:start + self.batch_size]
             try:
-                out.extend(self._complete_batch(batch))
+                got = self._complete_batch(batch)
             except Exception as exc:  # a failed batch is counted, not fatal
                 msg = f"{type(exc).__name__}: {exc}"
-                out.extend(TeacherResult("", "error", error=msg) for _ in batch)
+                got = [TeacherResult("", "error", error=msg) for _ in batch]
+            for i, res in enumerate(got, start):
+                if on_result is not None:
+                    on_result(i, res)
+            out.extend(got)
         return out
 
     def _complete_batch(self, batch: Sequence[TeacherRequest]) -> list[TeacherResult]:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 import random
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, Sequence
 
-from tunelens.data.synth.teachers.base import SamplingParams, TeacherRequest, TeacherResult, request_messages
+from tunelens.data.synth.teachers.base import OnResult, SamplingParams, TeacherRequest, TeacherResult, request_messages
 from tunelens.errors import ConfigError
 
 __all__ = ["OpenAITeacher"]
@@ -63,11 +63,18 @@ class OpenAITeacher:
                 "prompt_format": self.prompt_format, "template": self.template if self.prompt_format == "chat"
                 else None, "system": self.system, "params": self.params.to_dict()}
 
-    def complete(self, requests: Sequence[TeacherRequest]) -> list[TeacherResult]:
+    def complete(self, requests: Sequence[TeacherRequest], on_result: OnResult = None) -> list[TeacherResult]:
+        out: list[TeacherResult | None] = [None] * len(requests)
         if not requests:
             return []
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
-            return list(pool.map(self._one, requests))
+            futures = {pool.submit(self._one, r): i for i, r in enumerate(requests)}
+            for fut in as_completed(futures):
+                i = futures[fut]
+                out[i] = fut.result()
+                if on_result is not None:
+                    on_result(i, out[i])  # type: ignore[arg-type]
+        return out  # type: ignore[return-value]
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
@@ -80,7 +87,8 @@ class OpenAITeacher:
                 return TeacherResult(text, finish, usage=usage, attempts=attempt)
             except Exception as exc:  # classified below; anything unexpected is an error result
                 retry, last_kind = self._classify(exc)
-                last_err = self._scrub(f"{type(exc).__name__}: {exc}")[:500]
+                prefix = "" if isinstance(exc, _Malformed) or not isinstance(exc, ValueError) else "malformed response: "
+                last_err = self._scrub(f"{prefix}{type(exc).__name__}: {exc}")[:500]
                 if not retry or attempt > self.max_retries:
                     return TeacherResult("", last_kind, error=last_err, attempts=attempt)
                 delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
@@ -92,8 +100,8 @@ class OpenAITeacher:
         o = self._openai
         if isinstance(exc, o.APITimeoutError):
             return True, "timeout"
-        if isinstance(exc, (o.APIConnectionError, _Malformed, o.APIResponseValidationError)):
-            return True, "error"
+        if isinstance(exc, (o.APIConnectionError, _Malformed, o.APIResponseValidationError, ValueError)):
+            return True, "error"  # ValueError: a body that is not JSON (json.JSONDecodeError)
         if isinstance(exc, o.APIStatusError):
             return exc.status_code in _RETRY_STATUS or exc.status_code >= 500, "error"
         return False, "error"
