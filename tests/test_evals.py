@@ -53,7 +53,7 @@ def test_aggregation_levels_on_a_constructed_set():
     ]
     responses = ['"no commas"',          # a: both followed
                  "one, two",             # b: failed
-                 'Intro\n"<<T>>, x"']    # c: comma fails; title ok; quotation only loose (first line dropped)
+                 'Intro, here\n"<<T>>, x"']  # c: commas on both lines; title ok; quotation only loose
     metrics, scores = score_responses(items, responses)
     assert [s.strict for s in scores] == [[True, True], [False], [False, True, False]]
     assert [s.loose for s in scores] == [[True, True], [False], [False, True, True]]

@@ -16,8 +16,21 @@ import json
 import random
 from pathlib import Path
 
+from transformers import AutoTokenizer
+
 from tunelens.chat import render
 from tunelens.models import load_model
+from tunelens.models.gguf import cache_root
+
+
+def load_tokenizer(spec: str):
+    """The tokenizer alone when the model is a directory or an already converted GGUF preset (no weights
+    loaded: this runs on a busy machine), else through load_model."""
+    cached = sorted((cache_root() / "models").glob(f"{spec}-*/tokenizer.json"))
+    path = Path(spec) if Path(spec).is_dir() else cached[-1].parent if cached else None
+    if path is not None:
+        return AutoTokenizer.from_pretrained(path)
+    return load_model(spec)[1]
 
 
 def alpaca_messages(rec: dict) -> list[dict[str, str]]:
@@ -34,7 +47,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    _, tok = load_model(args.model)  # the tokenizer as training sees it (pad token set)
+    tok = load_tokenizer(args.model)
 
     def count(messages: list[dict[str, str]]) -> tuple[int, int]:
         r = render(messages, tok)
