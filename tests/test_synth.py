@@ -320,5 +320,14 @@ def test_cli_end_to_end_gold(tmp_path: Path, run_cli):
     assert summary["written"] == 8
     assert load_examples(summary["pairs"]).examples[0].messages[1]["role"] == "assistant"
     assert (out / "config.yaml").is_file() and json.loads((out / "report.json").read_text())["written"] == 8
-    bad = run_cli("synth", "configs/synth-gold.yaml", "--out", out, "split.unit=paragraphs")
-    assert bad.returncode == 2 and "split.unit" in bad.stderr
+
+
+def test_config_errors_name_the_key(tmp_path: Path):
+    with pytest.raises(ConfigError, match="split.unit"):
+        load_config(SynthConfig, "configs/synth-gold.yaml", ["split.unit=paragraphs"])
+    with pytest.raises(ConfigError, match="teacher.kind"):
+        load_config(SynthConfig, "configs/synth-gold.yaml", ["teacher.kind=gpt"])
+    with pytest.raises(ConfigError, match="sources is empty"):
+        load_config(SynthConfig, None, [])
+    with pytest.raises(ConfigError, match="judge"):
+        load_config(SynthConfig, "configs/synth-gold.yaml", ["filters.judge=true"])

@@ -67,13 +67,18 @@ class OpenAITeacher:
         out: list[TeacherResult | None] = [None] * len(requests)
         if not requests:
             return []
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests)))
+        try:
             futures = {pool.submit(self._one, r): i for i, r in enumerate(requests)}
             for fut in as_completed(futures):
                 i = futures[fut]
                 out[i] = fut.result()
                 if on_result is not None:
                     on_result(i, out[i])  # type: ignore[arg-type]
+        except BaseException:  # Ctrl-C or a failing callback: send nothing more (at most `concurrency` in flight)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         return out  # type: ignore[return-value]
 
     def _scrub(self, text: str) -> str:
