@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from tunelens.errors import DataError
+from tunelens.errors import ConfigError, DataError
 from tunelens.evals.generation import Answer, GenerationSettings, answer_prompts, termination_stats
 from tunelens.evals.ifeval_checkers import check, clean_kwargs
 from tunelens.evals.io import instructions_file, read_jsonl, require
@@ -70,7 +70,7 @@ def load_ifeval(path: str | Path | None = None, limit: int | None = None) -> lis
             raise DataError(f"{where}: 'instruction_id_list' is empty")
         try:
             clean = [clean_kwargs(i, k if isinstance(k, dict) else {}) for i, k in zip(ids, kwargs)]
-        except Exception as exc:  # ConfigError (unknown id) or DataError (arguments): add the place
+        except (ConfigError, DataError) as exc:  # unknown id / bad arguments: add the place
             raise type(exc)(f"{where}: {exc}") from None
         items.append(IFEvalItem(key=obj.get("key", len(items)), prompt=require(obj, "prompt", str, where),
                                 instruction_ids=list(ids), kwargs=clean))
