@@ -331,3 +331,20 @@ def test_config_errors_name_the_key(tmp_path: Path):
         load_config(SynthConfig, None, [])
     with pytest.raises(ConfigError, match="judge"):
         load_config(SynthConfig, "configs/synth-gold.yaml", ["filters.judge=true"])
+
+
+@pytest.mark.slow
+def test_cli_synth_then_sft(tmp_path: Path, run_cli):
+    """The pairs train as they are: ``tunelens synth`` (gold) then ``tunelens sft`` on its pairs.jsonl."""
+    src = _corpus(tmp_path)
+    r = run_cli("synth", "configs/synth-gold.yaml", "--out", tmp_path / "syn", f"sources=[{{path: {src}}}]",
+                "chunk.tokenizer=tiny-llama", "chunk.passage_tokens=96", "chunk.min_tokens=24", "split.min_prompt=4",
+                "split.min_continuation=4", "max_pairs=16")
+    assert r.returncode == 0, r.stderr
+    s = run_cli("sft", "configs/sft-tiny.yaml", "--out", tmp_path / "sft", f"data.paths=[{tmp_path / 'syn' / 'pairs.jsonl'}]",
+                "max_steps=3", "save_every=0", "tensorboard=false")
+    assert s.returncode == 0, s.stderr
+    metrics = [json.loads(line) for line in open(tmp_path / "sft" / "metrics.jsonl")]
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    assert len(losses) == 3 and all(x == x and x > 0 for x in losses)  # finite, positive
+    assert (tmp_path / "sft" / "final" / "config.json").is_file()
