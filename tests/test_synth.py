@@ -60,7 +60,8 @@ def test_normalize_whitespace_and_unwrap():
     assert normalize_whitespace(text) == "First line\nwraps here.\n\nSecond para."
     assert normalize_whitespace(text, unwrap_lines=True) == "First line wraps here.\n\nSecond para."
     cfg = CleanConfig(gutenberg=True, unwrap_lines=True)
-    g = "header\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\nbody  text\nmore\n*** END OF THIS PROJECT GUTENBERG EBOOK X ***\nlicense"
+    g = ("header\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\nbody  text\nmore\n"
+         "*** END OF THIS PROJECT GUTENBERG EBOOK X ***\nlicense")
     assert clean_text(g, cfg) == "body text more"
 
 
@@ -341,8 +342,8 @@ def test_cli_synth_then_sft(tmp_path: Path, run_cli):
                 "chunk.tokenizer=tiny-llama", "chunk.passage_tokens=96", "chunk.min_tokens=24", "split.min_prompt=4",
                 "split.min_continuation=4", "max_pairs=16")
     assert r.returncode == 0, r.stderr
-    s = run_cli("sft", "configs/sft-tiny.yaml", "--out", tmp_path / "sft", f"data.paths=[{tmp_path / 'syn' / 'pairs.jsonl'}]",
-                "max_steps=3", "save_every=0", "tensorboard=false")
+    s = run_cli("sft", "configs/sft-tiny.yaml", "--out", tmp_path / "sft",
+                f"data.paths=[{tmp_path / 'syn' / 'pairs.jsonl'}]", "max_steps=3", "save_every=0", "tensorboard=false")
     assert s.returncode == 0, s.stderr
     metrics = [json.loads(line) for line in open(tmp_path / "sft" / "metrics.jsonl")]
     losses = [m["loss"] for m in metrics if "loss" in m]

@@ -124,7 +124,8 @@ def _marker_docs(path: Path, markers: list[str]) -> Path:
 def _cfg(src: Path, url: str, *extra: str) -> SynthConfig:
     return load_config(SynthConfig, None, [
         f"sources=[{{path: {src}}}]", "chunk.tokenizer=tiny-llama", "chunk.passage_tokens=200", "chunk.min_tokens=8",
-        "split.min_prompt=4", "split.min_continuation=4", "filters.min_response_words=1", "filters.drop_repetitive=false",
+        "split.min_prompt=4", "split.min_continuation=4", "filters.min_response_words=1",
+        "filters.drop_repetitive=false",
         "teacher.kind=openai", f"teacher.base_url={url}", "teacher.model=mini", f"teacher.api_key_env={KEY_ENV}",
         "teacher.prompt_format=completion", "teacher.max_tokens=6", "teacher.timeout_s=2", "teacher.max_retries=1",
         "teacher.backoff_s=0.05", "teacher.concurrency=4", *extra])

@@ -7,10 +7,10 @@ starts to exercise the OpenAI teacher through the official client when vLLM is n
 
 Faults, chosen per request by a marker in the prompt (so one server covers every case):
 ``[[slow:S]]`` sleep S seconds first; ``[[fail:N]]`` answer 500 to the first N requests with that prompt;
-``[[malformed]]`` answer 200 with ``{"choices": []}``; ``[[badjson]]`` answer 200 with a body that is not JSON;
-``[[empty]]`` answer with empty text. ``--delay S`` delays every request; ``--api-key-env VAR`` requires
-``Authorization: Bearer $VAR``. ``GET /stats`` returns request counts (total, per path, per prompt sha256) and the most requests
-ever in flight at once (``POST /stats/reset_max`` restarts that count).
+``[[malformed]]`` answer 200 with ``{"choices": []}``; ``[[badjson]]`` answer 200 with a body that is not
+JSON; ``[[empty]]`` answer with empty text. ``--delay S`` delays every request; ``--api-key-env VAR``
+requires ``Authorization: Bearer $VAR``. ``GET /stats`` returns request counts (total, per path, per prompt
+sha256) and the most requests ever in flight at once (``POST /stats/reset_max`` restarts that count).
 """
 from __future__ import annotations
 

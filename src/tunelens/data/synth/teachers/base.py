@@ -13,8 +13,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
-__all__ = ["OnResult", "SamplingParams", "TeacherRequest", "TeacherResult", "Teacher", "FINISH_REASONS", "request_messages",
-           "content_hash"]
+__all__ = ["OnResult", "SamplingParams", "TeacherRequest", "TeacherResult", "Teacher", "FINISH_REASONS",
+           "request_messages", "content_hash"]
 
 #: ``on_result(index, result)``: called as each request of a ``complete`` call finishes.
 OnResult = Optional[Callable[[int, "TeacherResult"], None]]

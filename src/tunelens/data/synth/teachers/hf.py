@@ -31,14 +31,14 @@ class HFTeacher:
 
     name = "hf"
 
-    def __init__(self, model: str, params: SamplingParams = SamplingParams(), *, prompt_format: str = "completion",
+    def __init__(self, model: str, params: SamplingParams | None = None, *, prompt_format: str = "completion",
                  template: str = "{text}", system: str | None = None, batch_size: int = 8, bf16: bool = True,
                  dtype: str = "float32", max_prompt_tokens: int = 1536, seed: int = 0, loaded: Any = None):
         if prompt_format not in PROMPT_FORMATS:
             raise ConfigError(f"teacher.prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
         if batch_size < 1:
             raise ConfigError(f"teacher.batch_size must be >= 1, got {batch_size}")
-        self.model_spec, self.params, self.prompt_format = model, params, prompt_format
+        self.model_spec, self.params, self.prompt_format = model, params or SamplingParams(), prompt_format
         self.template, self.system, self.batch_size, self.bf16 = template, system, batch_size, bf16
         self.dtype, self.max_prompt_tokens, self.seed = dtype, max_prompt_tokens, seed
         if loaded is None:

@@ -35,7 +35,7 @@ class OpenAITeacher:
 
     name = "openai"
 
-    def __init__(self, model: str, base_url: str, params: SamplingParams = SamplingParams(), *,
+    def __init__(self, model: str, base_url: str, params: SamplingParams | None = None, *,
                  api_key_env: str = "OPENAI_API_KEY", prompt_format: str = "chat", template: str = "{text}",
                  system: str | None = None, concurrency: int = 8, timeout_s: float = 60.0, max_retries: int = 4,
                  backoff_s: float = 1.0, max_backoff_s: float = 30.0, batch_size: int | None = None):
@@ -45,6 +45,7 @@ class OpenAITeacher:
             raise ConfigError("teacher: concurrency must be >= 1, max_retries >= 0 and timeout_s > 0")
         import openai
 
+        params = params or SamplingParams()
         self.model, self.base_url, self.params, self.prompt_format = model, base_url, params, prompt_format
         self.template, self.system, self.concurrency = template, system, concurrency
         self.timeout_s, self.max_retries, self.backoff_s, self.max_backoff_s = timeout_s, max_retries, backoff_s, \
@@ -92,7 +93,8 @@ class OpenAITeacher:
                 return TeacherResult(text, finish, usage=usage, attempts=attempt)
             except Exception as exc:  # classified below; anything unexpected is an error result
                 retry, last_kind = self._classify(exc)
-                prefix = "" if isinstance(exc, _Malformed) or not isinstance(exc, ValueError) else "malformed response: "
+                bad_body = isinstance(exc, ValueError) and not isinstance(exc, _Malformed)
+                prefix = "malformed response: " if bad_body else ""
                 last_err = self._scrub(f"{prefix}{type(exc).__name__}: {exc}")[:500]
                 if not retry or attempt > self.max_retries:
                     return TeacherResult("", last_kind, error=last_err, attempts=attempt)
