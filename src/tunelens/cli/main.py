@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from tunelens.cli import align_cmd, data_cmd, models_cmd, probe_cmd, sft_cmd, testbed_cmd
+from tunelens.cli import align_cmd, data_cmd, eval_cmd, models_cmd, probe_cmd, sft_cmd, synth_cmd, testbed_cmd
 from tunelens.errors import TunelensError
 
 app = typer.Typer(name="tunelens", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -18,8 +18,10 @@ app.command("models")(models_cmd.models)
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(probe_cmd.app, name="probe")
 app.add_typer(testbed_cmd.app, name="testbed")
+app.add_typer(eval_cmd.app, name="eval")
 app.command("sft", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(sft_cmd.sft)
 app.command("align", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(align_cmd.align)
+app.command("synth", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(synth_cmd.synth)
 
 
 def main(argv: list[str] | None = None) -> int:
