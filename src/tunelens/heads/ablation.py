@@ -91,7 +91,8 @@ def ablate_heads(model: nn.Module, heads: Sequence[tuple[int, int]], mode: str =
 
 @torch.no_grad()
 def response_loss(model: nn.Module, batches: Sequence[Batch], bf16: bool = False) -> dict[str, Any]:
-    """Mean response loss per sample (``loss``) and per token (``token_loss``) over ``batches``."""
+    """Mean response loss per sample (``loss``) and per token (``token_loss``) over ``batches``, and each
+    sample's loss (``sample_losses``, samples with a response only)."""
     device = next(model.parameters()).device
     sample_losses, token_sum, tokens = [], 0.0, 0
     was_training = model.training
@@ -110,4 +111,4 @@ def response_loss(model: nn.Module, batches: Sequence[Batch], bf16: bool = False
     finally:
         model.train(was_training)
     return {"loss": sum(sample_losses) / max(len(sample_losses), 1), "token_loss": token_sum / max(tokens, 1),
-            "n_samples": len(sample_losses), "n_tokens": tokens}
+            "n_samples": len(sample_losses), "n_tokens": tokens, "sample_losses": sample_losses}
