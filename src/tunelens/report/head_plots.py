@@ -19,7 +19,7 @@ def plot_head_heatmap(matrix: Any, out: str | Path, title: str = "head activatio
     scale at 0 (for ΔAP). Returns the PNG path."""
     m = np.asarray(getattr(matrix, "matrix", matrix), dtype=np.float64)
     layers, heads = m.shape
-    fig, ax = plt.subplots(figsize=(min(2 + 0.45 * heads, 14), min(1.5 + 0.3 * layers, 12)))
+    fig, ax = plt.subplots(figsize=(min(max(5.5, 2 + 0.45 * heads), 14), min(max(3.0, 1.5 + 0.3 * layers), 12)))
     if diverging:
         lim = float(np.abs(m).max()) or 1.0
         im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
