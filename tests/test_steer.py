@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from functools import lru_cache
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -381,3 +383,136 @@ def test_decode_without_steered_prefill_raises():
     mask = torch.cat([inputs["attention_mask"], torch.ones_like(nxt)], 1)
     with pytest.raises(ConfigError, match="not prefilled"), steer(model, Highlight(hl)):
         model(input_ids=nxt, attention_mask=mask, past_key_values=out.past_key_values)
+
+
+# --------------------------------------------------------------------------- head selection
+@lru_cache(maxsize=None)
+def _dev():
+    from tunelens.steer.devset import build_devset, load_dev_items
+
+    model, tok = _model("tiny-llama")
+    items = load_dev_items("capitals", 6)
+    return model, tok, items, build_devset(tok, items, "chat", batch_size=4)
+
+
+def test_devset_margin_matches_probe_loglik():
+    """The selection objective equals the probes' loglik scores (same prompts, same answers)."""
+    from tunelens.probes.engine import ScoreRequest, score_continuations
+
+    model, _, _, dev = _dev()
+    reqs = [ScoreRequest(p.input_ids, [a, b]) for p, (a, b) in zip(dev.prompts, dev.answers)]
+    scores = score_continuations(model, reqs, batch_size=3, progress=False)
+    expected = sum(float(a) - float(b) for a, b in scores) / len(scores)
+    with torch.no_grad():
+        assert abs(float(dev.margin(model)) - expected) < 1e-4
+
+
+def test_gradient_attribution_predicts_profiled_gains():
+    """One-pass gradient scores predict the gain of steering each head alone (α near 1: first order holds)."""
+    from tunelens.steer.select import attribute_heads, profile_heads
+
+    model, _, _, dev = _dev()
+    alpha = 0.95
+    prof = profile_heads(model, dev, alpha=alpha, k=4, progress=False)
+    grad = attribute_heads(model, dev, method="gradient", k=4, progress=False)
+    predicted = -math.log(alpha) * grad.scores  # first-order gain of steering each head at alpha
+    assert prof.settings["runs"] == 16 and not np.isnan(prof.scores).any()
+    assert np.corrcoef(predicted.ravel(), prof.scores.ravel())[0, 1] > 0.95
+    assert np.abs(predicted - prof.scores).max() < 0.15 * np.abs(prof.scores).max() + 1e-4
+    assert set(grad.heads.pairs()) & set(prof.heads.pairs())
+    # layer-then-head profiling evaluates every layer, then only the heads of the best layers
+    layered = profile_heads(model, dev, alpha=alpha, k=2, granularity="layer", top_layers=1, progress=False)
+    assert layered.settings["runs"] == 4 + 4 and np.isnan(layered.scores).sum() == 12 and len(layered.heads) == 2
+
+
+def test_attention_and_ap_attributions(tmp_path):
+    from tunelens.probes.attention_capture import capture_attention
+    from tunelens.steer.select import attribute_heads
+
+    model, tok, items, dev = _dev()
+    att = attribute_heads(model, dev, method="attention", k=3, progress=False)
+    assert att.scores.shape == (4, 4) and ((att.scores >= 0) & (att.scores <= 1)).all()
+    batch = dev.batches[0]  # recompute one head's mass by hand
+    with torch.no_grad(), capture_attention(model, "last") as cap:
+        model(**batch.prompt_only)
+    mass = (cap.attentions[2][:, 1, 0] * batch.prompt_highlight.mask).sum(-1)
+    with torch.no_grad(), capture_attention(model, "last") as cap:
+        model(**dev.batches[1].prompt_only)
+    mass2 = (cap.attentions[2][:, 1, 0] * dev.batches[1].prompt_highlight.mask).sum(-1)
+    assert abs(float(torch.cat([mass, mass2]).mean()) - att.scores[2, 1]) < 1e-6
+    ap = attribute_heads(model, dev, method="ap", k=3, tokenizer=tok, items=items, progress=False)
+    assert ap.scores.shape == (4, 4) and (ap.scores >= 0).all() and len(ap.heads) == 3
+    saved = ap.save(tmp_path / "sel")
+    assert json.loads((saved / "heads.json").read_text()) == ap.heads.to_json()
+    assert resolve_heads(model, saved / "heads.json").pairs() == ap.heads.pairs()
+
+
+def test_steer_spec_parsing():
+    from tunelens.steer.spec import parse_steer_spec
+
+    spec = parse_steer_spec("alpha=0.5, heads=auto, select=profile-layer, k=8, scale_generated=true")
+    assert (spec.alpha, spec.heads, spec.select, spec.k, spec.scale_generated) == (0.5, "auto", "profile-layer", 8, True)
+    assert parse_steer_spec(spec.to_dict() | {"resolved_heads": {}, "n_heads": 3}).alpha == 0.5
+    for bad, msg in [("alpha=2", "alpha"), ("alpha=0", "alpha"), ("heads=auto,select=magic", "select"),
+                     ("k=0", "k must be"), ("alpha", "key=value"), ("beta=1", "unknown key"), ("k=two", "k=")]:
+        with pytest.raises(ConfigError, match=msg):
+            parse_steer_spec(bad)
+
+
+# --------------------------------------------------------------------------- probes integration
+def test_probe_run_with_steering_records_and_changes_scores():
+    from tunelens.probes.runner import run
+    from tunelens.probes.settings import ProbeSettings
+
+    model, tok = _model("tiny-llama")
+
+    def probe(steer_spec):
+        s = ProbeSettings(mode="loglik", limit=6, batch_size=4, progress=False, no_context_control=True,
+                          steer=steer_spec)
+        return run(model, tok, "conflicts:world_facts", ["chat", "raw"], s)
+
+    plain = probe(None)
+    same = probe({"alpha": 1.0, "heads": "all"})
+    steered = probe({"alpha": 0.2, "heads": "all"})
+    for a, b, c in zip(plain.results, same.results, steered.results):
+        assert [r["logp_ctx"] for r in a.records] == [r["logp_ctx"] for r in b.records]  # alpha=1: identical
+        assert max(abs(r1["logp_ctx"] - r2["logp_ctx"]) for r1, r2 in zip(a.records, c.records)) > 1e-3
+        assert c.settings["steer"]["alpha"] == 0.2 and c.settings["steer"]["n_heads"] == 16
+    assert steered.settings["steer"]["steered_forwards"] > 0 and plain.settings["steer"] is None
+
+
+def test_probe_steering_highlights_user_content_only():
+    """The prompts registered for steering highlight exactly the user-role tokens (no template tokens)."""
+    from tunelens.probes.prompts import build_prompt, observe_prompts
+    from tunelens.steer.spans import PromptHighlights
+
+    _, tok = _model("tiny-llama")
+    seen = PromptHighlights()
+    with observe_prompts(lambda p: seen.add(p.input_ids, [r == "user" for r in p.token_roles])):
+        prompt = build_prompt("chat", [("context", "Rome is in France."), ("question", " Where is Rome?")], tok,
+                              system="Be brief.")
+    mask = seen.lookup(prompt.input_ids)
+    text = tok.decode([i for i, m in zip(prompt.input_ids, mask) if m])
+    assert text.strip() == "Rome is in France. Where is Rome?"
+    assert "Be brief" not in text and "<|im_start|>" not in text
+
+
+def test_cli_probe_with_steering(run_cli, tmp_path):
+    heads = tmp_path / "heads.json"
+    heads.write_text(json.dumps({"0": [1], "2": [0, 3]}))
+    out = tmp_path / "probe"
+    res = run_cli("probe", "--model", "tiny-llama", "--suite", "conflicts:world_facts", "--variants", "chat",
+                  "--mode", "loglik", "--limit", "4", "--no-control", "--out", out, "--steer",
+                  f"alpha=0.3,heads={heads}")
+    assert res.returncode == 0, res.stderr
+    data = json.loads((out / "results.json").read_text())
+    assert data["settings"]["steer"]["resolved_heads"] == {"0": [1], "2": [0, 3]}
+    assert data["results"][0]["settings"]["steer"]["alpha"] == 0.3
+    assert json.loads((out / "steer_heads.json").read_text()) == {"0": [1], "2": [0, 3]}
+    bad = run_cli("probe", "--model", "tiny-llama", "--limit", "2", "--out", tmp_path / "bad", "--steer",
+                  "alpha=1.5,heads=all")
+    assert bad.returncode == 2 and "alpha must lie in (0, 1]" in bad.stderr + bad.stdout
+    heads.write_text(json.dumps({"0": [7]}))
+    bad = run_cli("probe", "--model", "tiny-llama", "--limit", "2", "--out", tmp_path / "bad", "--steer",
+                  f"heads={heads}")
+    assert bad.returncode == 2 and "heads [7] are out of range" in bad.stderr + bad.stdout
