@@ -319,24 +319,52 @@ def test_callback_logs_delta_ap_during_sft(tmp_path, alpaca_path):
         assert HeadPatterns.load(tmp_path / "run" / "heads" / f"step-{step}").settings["step"] == step
 
 
+def test_heads_section_of_an_sft_recipe(alpaca_path):
+    from tunelens.heads.callback import heads_from_config
+
+    cb = heads_from_config({"data": str(alpaca_path), "limit": 3, "every": 5, "k": 4, "max_length": 64})
+    assert cb.every == 5 and cb.k == 4 and len(cb.data) == 3 and cb.kwargs["max_length"] == 64
+    with pytest.raises(ConfigError, match="unknown key"):
+        heads_from_config({"data": str(alpaca_path), "evry": 5})
+    with pytest.raises(ConfigError, match="'data'"):
+        heads_from_config({"every": 5})
+
+
 # ----------------------------------------------------------------------------------------------- CLI
 
-def test_cli_patterns_compare_ablate_compose(run_cli, alpaca_path, tmp_path):
+def test_cli_patterns_and_compare(run_cli, alpaca_path, tmp_path):
     common = ["--data", alpaca_path, "--limit", "6", "--max-length", "64", "--batch-size", "3"]
     r = run_cli("heads", "patterns", "--model", "tiny-llama", "--out", tmp_path / "a", *common)
     assert r.returncode == 0, r.stderr
     data = json.loads((tmp_path / "a" / "patterns.json").read_text())
     assert data["shape"] == [4, 4] and data["n_samples"] == 6 and data["settings"]["backend"] == "gate"
     assert (tmp_path / "a" / "heatmap.png").stat().st_size > 1000 and "top heads" in r.stdout
-    r = run_cli("heads", "patterns", "--model", "tiny-llama", "--out", tmp_path / "b", "--aggregation",
-                "batch_sum_abs", *common)
-    assert r.returncode == 0, r.stderr
+    model, tok = load_model("tiny-llama")  # the CLI's model (seed 0): same pattern from the Python API
+    pat = compute_patterns(model, tok, load_examples(alpaca_path, limit=6).examples, batch_size=3, max_length=64,
+                           aggregation="batch_sum_abs", progress=False)
+    assert np.all(np.array(data["matrix"]) >= pat.matrix - 1e-6)  # per-sample |s| >= batch-sum |Σ s|
+    pat.save(tmp_path / "b")
     r = run_cli("heads", "compare", tmp_path / "a", tmp_path / "b", "--json", tmp_path / "cmp.json", "--k", "3",
                 "--plot", tmp_path / "delta.png")
     assert r.returncode == 0, r.stderr
     cmp = json.loads((tmp_path / "cmp.json").read_text())
     assert "jaccard@3" in cmp["similarity"] and cmp["delta"]["mean"] <= 0  # batch-sum <= per-sample
     assert (tmp_path / "delta.png").is_file() and "spearman" in r.stdout
+
+
+def test_cli_bad_input_is_a_clear_error(run_cli, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    r = run_cli("heads", "patterns", "--model", "tiny-llama", "--data", empty, "--out", tmp_path / "x")
+    assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_cli_ablate_and_compose(run_cli, alpaca_path, tmp_path):
+    common = ["--data", alpaca_path, "--limit", "6", "--max-length", "64", "--batch-size", "3"]
+    model, tok = load_model("tiny-llama")
+    compute_patterns(model, tok, load_examples(alpaca_path, limit=6).examples, max_length=64,
+                     progress=False).save(tmp_path / "a")
     r = run_cli("heads", "ablate", "--model", "tiny-llama", "--patterns", tmp_path / "a", "--k", "2",
                 "--n-random", "2", "--out", tmp_path / "abl.json", *common)
     assert r.returncode == 0, r.stderr
@@ -357,15 +385,20 @@ def test_cli_patterns_compare_ablate_compose(run_cli, alpaca_path, tmp_path):
     assert comp["mixture"]["counts"] == {"t1": 6, "t2": 4}
     assert len((tmp_path / "mix.jsonl").read_text().splitlines()) == 10
 
-
-def test_cli_bad_input(run_cli, tmp_path, alpaca_path):
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("")
-    r = run_cli("heads", "patterns", "--model", "tiny-llama", "--data", empty, "--out", tmp_path / "x")
-    assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("heads", "compare", tmp_path / "nope", tmp_path / "nope2")
-    assert r.returncode == 2 and "no such file" in r.stderr
     HeadPatterns(np.ones((2, 2))).save(tmp_path / "small")
     r = run_cli("heads", "ablate", "--model", "tiny-llama", "--data", alpaca_path, "--limit", "2", "--patterns",
                 tmp_path / "small", "--k", "1")
     assert r.returncode == 2 and "(2, 2)" in r.stderr
+
+
+@pytest.mark.slow
+def test_cli_sft_with_heads_section(run_cli, alpaca_path, tmp_path):
+    r = run_cli("sft", "--out", tmp_path / "run", "model.spec=tiny-llama", f"data.paths=[{alpaca_path}]",
+                "data.max_length=64", "data.limit=8", "batch_size=4", "max_steps=2", "save_every=0",
+                "precision=fp32", "tensorboard=false", f"heads.data={alpaca_path}", "heads.limit=4",
+                "heads.every=1", "heads.max_length=64")
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    heads = [e for e in events if e.get("event") == "heads"]
+    assert [e["step"] for e in heads] == [0, 1, 2] and "heads/spearman_vs_start" in heads[-1]
+    assert (tmp_path / "run" / "heads" / "step-2" / "patterns.json").is_file()

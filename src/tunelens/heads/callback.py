@@ -97,3 +97,26 @@ class HeadPatternCallback(Callback):
         if self.start is None:
             self.start = current
         self.previous = current
+
+
+_CONFIG_KEYS = {"data", "every", "k", "threshold", "limit", "batch_size", "max_length", "aggregation", "per_token",
+                "bf16", "train_on", "fields", "system"}
+
+
+def heads_from_config(cfg: dict[str, Any]) -> HeadPatternCallback:
+    """The callback from an SFT recipe's ``heads:`` section: ``data`` (a data file, required), ``every`` (50),
+    ``k`` (10), ``threshold``, ``limit`` (64), ``batch_size`` (8), ``max_length`` (512), ``aggregation``,
+    ``per_token``, ``bf16``, ``train_on``, ``fields``, ``system``."""
+    from tunelens.data import load_examples
+    from tunelens.errors import ConfigError
+
+    cfg = dict(cfg)
+    unknown = sorted(set(cfg) - _CONFIG_KEYS)
+    if unknown:
+        raise ConfigError(f"heads: unknown key(s) {unknown}; expected some of {sorted(_CONFIG_KEYS)}.")
+    if not cfg.get("data"):
+        raise ConfigError("heads: 'data' (a data file of probe examples) is required, e.g. heads.data=FILE.")
+    examples = load_examples(cfg.pop("data"), fields=cfg.pop("fields", None) or None, system=cfg.pop("system", None),
+                             limit=int(cfg.pop("limit", 64))).examples
+    return HeadPatternCallback(examples, every=int(cfg.pop("every", 50)), k=int(cfg.pop("k", 10)),
+                               threshold=cfg.pop("threshold", None), **cfg)
