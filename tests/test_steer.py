@@ -213,6 +213,50 @@ def test_decode_step_logits_equal_reference_on_full_sequence():
     torch.testing.assert_close(step.logits[:, -1], ref[:, -1], atol=2e-5, rtol=0)
 
 
+def test_scale_generated_scales_keys_beyond_the_prompt():
+    """scale_generated=True: a decode step also down-weights the generated key (reference: highlight extended with
+    non-highlighted positions); default: it does not."""
+    model, _ = _model("tiny-llama")
+    inputs, hl = _batch()
+    heads = resolve_heads(model, "all")
+    logits = {}
+    for flag in (False, True):
+        with torch.no_grad(), steer(model, Highlight(hl), heads=heads, alpha=0.4, scale_generated=flag):
+            out = model(**inputs, use_cache=True)
+            nxt = torch.full((3, 1), 77)
+            mask = torch.cat([inputs["attention_mask"], torch.ones_like(nxt)], 1)
+            pos = inputs["attention_mask"].sum(-1, keepdim=True)
+            logits[flag] = model(input_ids=nxt, attention_mask=mask, position_ids=pos,
+                                 past_key_values=out.past_key_values).logits[:, -1]
+    full = dict(input_ids=torch.cat([inputs["input_ids"], nxt], 1), attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+    wide = torch.cat([hl, torch.zeros(3, 1, dtype=torch.bool)], 1)
+    torch.testing.assert_close(logits[True], _reference_logits(model, full, wide, heads, 0.4)[:, -1], atol=2e-5,
+                               rtol=0)
+    torch.testing.assert_close(logits[False], _reference_logits(model, full, hl, heads, 0.4)[:, -1], atol=2e-5,
+                               rtol=0)
+    assert (logits[True] - logits[False]).abs().max() > 1e-4
+
+
+def test_chat_highlight_drives_generate():
+    """encode_chat -> steer -> generate end to end; α=1 reproduces plain generation token for token."""
+    model, tok = _model("tiny-llama")
+    convs = [[{"role": "user", "content": "Context: Paris is in Italy. Question: where is Paris?"}],
+             [{"role": "user", "content": "Say hi"}]]
+    inputs, hl = encode_chat(tok, convs)
+    kw = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id,
+              output_scores=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        plain = model.generate(**inputs, **kw)
+        with steer(model, hl, alpha=1.0):
+            same = model.generate(**inputs, **kw)
+        with steer(model, hl, alpha=0.05) as st:
+            steered = model.generate(**inputs, **kw)
+    assert torch.equal(plain.sequences, same.sequences)
+    assert (plain.scores[0] - steered.scores[0]).nan_to_num(0.0).abs().max() > 1e-3
+    assert st.forwards == 5 and st.settings()["n_heads"] == 16
+
+
 def test_rows_keep_their_highlight_when_the_batch_shrinks():
     """Rows dropped from the cache (finished sequences) leave the others steered with their own spans."""
     model, _ = _model("tiny-llama")
