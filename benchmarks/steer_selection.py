@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--granularity", default="layer", choices=["head", "layer"])
     ap.add_argument("--top-layers", type=int, default=4)
     ap.add_argument("--methods", default="gradient,attention,ap")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast for every dev forward")
     ap.add_argument("--out", type=Path, default=Path("runs/steer_selection"))
     args = ap.parse_args()
 
@@ -58,12 +59,12 @@ def main() -> None:
     model, tok = load_model(args.model)
     model.eval()
     items = load_dev_items(args.dev, args.dev_n)
-    dev = build_devset(tok, items, args.variant)
+    dev = build_devset(tok, items, args.variant, bf16=args.bf16)
     skip = args.dev_n if args.eval == args.dev else 0
-    held = build_devset(tok, load_dev_items(args.eval, args.eval_n, skip=skip), args.variant)
+    held = build_devset(tok, load_dev_items(args.eval, args.eval_n, skip=skip), args.variant, bf16=args.bf16)
     out: dict = {"model": args.model, "dev": args.dev, "dev_n": args.dev_n, "eval": args.eval,
                  "eval_n": args.eval_n, "eval_skip": skip, "k": args.k, "alpha": args.alpha,
-                 "torch_threads": torch.get_num_threads(), "methods": {}}
+                 "torch_threads": torch.get_num_threads(), "bf16": args.bf16, "methods": {}}
     sels = {}
     t = time.perf_counter()
     sels["profile"] = profile_heads(model, dev, alpha=args.alpha, k=args.k, granularity=args.granularity,

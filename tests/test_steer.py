@@ -560,3 +560,16 @@ def test_cli_probe_with_steering(run_cli, tmp_path):
     bad = run_cli("probe", "--model", "tiny-llama", "--limit", "2", "--out", tmp_path / "bad", "--steer",
                   f"heads={heads}")
     assert bad.returncode == 2 and "heads [7] are out of range" in bad.stderr + bad.stdout
+
+
+def test_cli_steer_select_writes_a_reusable_head_file(run_cli, tmp_path):
+    out = tmp_path / "sel"
+    res = run_cli("steer", "select", "--model", "tiny-llama", "--method", "gradient", "--k", "3", "--dev-n", "4",
+                  "--out", out)
+    assert res.returncode == 0, res.stderr
+    heads = json.loads((out / "heads.json").read_text())
+    record = json.loads((out / "selection.json").read_text())
+    assert sum(len(v) for v in heads.values()) == 3 and record["heads"] == heads
+    assert len(record["scores"]) == 4 and record["settings"]["dev_items"] == 4
+    bad = run_cli("steer", "select", "--model", "tiny-llama", "--method", "magic", "--out", out)
+    assert bad.returncode == 2 and "select" in bad.stderr

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from tunelens.cli import data_cmd, heads_cmd, models_cmd, probe_cmd, sft_cmd
+from tunelens.cli import data_cmd, heads_cmd, models_cmd, probe_cmd, sft_cmd, steer_cmd
 from tunelens.errors import TunelensError
 
 app = typer.Typer(name="tunelens", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -18,6 +18,7 @@ app.command("models")(models_cmd.models)
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(probe_cmd.app, name="probe")
 app.add_typer(heads_cmd.app, name="heads")
+app.add_typer(steer_cmd.app, name="steer")
 app.command("sft", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(sft_cmd.sft)
 
 

@@ -40,10 +40,13 @@ class DevSet:
     variant: str
     prompts: list[Any]  # probes Prompt objects
     answers: list[tuple[list[int], list[int]]]
+    bf16: bool = False  # run forwards under bf16 autocast (log-softmax in fp32)
 
     def answer_logprobs(self, model: Any, batch: DevBatch) -> torch.Tensor:
         """Summed log-prob of each row's answer, ``[2n]`` (rows: ctx0, mem0, ctx1, mem1, ...)."""
-        logits = model(**batch.inputs).logits[:, :-1].float()
+        device = batch.inputs["input_ids"].device
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = model(**batch.inputs).logits[:, :-1].float()
         tgt = batch.targets[:, 1:]
         logp = torch.log_softmax(logits, dim=-1).gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return (logp * (tgt >= 0)).sum(-1)
@@ -81,7 +84,7 @@ def load_dev_items(spec: str, n: int, skip: int = 0) -> list[Any]:
 
 
 def build_devset(tokenizer: Any, items: Sequence[Any], variant: str = "chat", batch_size: int = 8,
-                 device: Any = "cpu") -> DevSet:
+                 device: Any = "cpu", bf16: bool = False) -> DevSet:
     """Prompts (the probes' conflicts prompts in ``variant``) and answer token ids, batched."""
     from tunelens.probes.prompts import build_prompt
     from tunelens.probes.suites.common import continuation_ids
@@ -95,7 +98,7 @@ def build_devset(tokenizer: Any, items: Sequence[Any], variant: str = "chat", ba
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     batches = [_batch(prompts[i:i + batch_size], answers[i:i + batch_size], pad, device)
                for i in range(0, len(prompts), batch_size)]
-    return DevSet(batches, len(prompts), variant, prompts, answers)
+    return DevSet(batches, len(prompts), variant, prompts, answers, bf16)
 
 
 def _batch(prompts: Sequence[Any], answers: Sequence[tuple[list[int], list[int]]], pad: int, device: Any) -> DevBatch:

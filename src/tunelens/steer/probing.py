@@ -24,7 +24,8 @@ __all__ = ["steer_probes"]
 def steer_probes(model: Any, tokenizer: Any, settings: Any) -> Iterator[dict[str, Any]]:
     """Steer every probe prompt built while active; yields (and stores in ``settings.steer``) the record."""
     spec = parse_steer_spec(settings.steer)
-    heads, selection = select_spec_heads(model, tokenizer, spec, progress=getattr(settings, "progress", True))
+    heads, selection = select_spec_heads(model, tokenizer, spec, progress=getattr(settings, "progress", True),
+                                         bf16=bool(getattr(settings, "bf16", False)))
     record = spec.to_dict()
     record.update(resolved_heads=heads.to_json(), n_heads=len(heads), highlight="user turn content")
     if selection is not None:

@@ -126,7 +126,7 @@ def attribute_heads(model: Any, dev: DevSet, *, method: str = "gradient", k: int
     else:
         if tokenizer is None or items is None:
             raise ConfigError("attribution 'ap' needs the tokenizer and the dev items.")
-        scores = _ap_scores(model, tokenizer, items, progress)
+        scores = _ap_scores(model, tokenizer, items, progress, dev.bf16)
     settings = {"k": k, "dev_items": dev.n_items, "variant": dev.variant, "seconds": time.perf_counter() - start}
     return Selection(top_k_heads(scores, k), scores, f"attribution-{method}", settings)
 
@@ -169,7 +169,7 @@ def _attention_scores(model: Any, dev: DevSet) -> np.ndarray:
     return total / dev.n_items
 
 
-def _ap_scores(model: Any, tokenizer: Any, items: list[Any], progress: bool) -> np.ndarray:
+def _ap_scores(model: Any, tokenizer: Any, items: list[Any], progress: bool, bf16: bool) -> np.ndarray:
     from tunelens.data import Example
     from tunelens.heads import compute_patterns
 
@@ -178,6 +178,6 @@ def _ap_scores(model: Any, tokenizer: Any, items: list[Any], progress: bool) -> 
     examples = [Example(messages=[{"role": "user", "content": "".join(text for _, text in _parts(it))},
                                  {"role": "assistant", "content": it.answer}], source=f"dev:{i}")
                 for i, it in enumerate(items)]
-    patterns = compute_patterns(model, tokenizer, examples, progress=progress)
+    patterns = compute_patterns(model, tokenizer, examples, bf16=bf16, progress=progress)
     return np.asarray(patterns.matrix, dtype=np.float64)
 

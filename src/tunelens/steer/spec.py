@@ -92,9 +92,10 @@ def parse_steer_spec(text: str | dict[str, Any] | SteerSpec) -> SteerSpec:
     return SteerSpec(**items).validate()
 
 
-def select_spec_heads(model: Any, tokenizer: Any, spec: SteerSpec,
-                      progress: bool = True) -> tuple[HeadSet, Optional[dict[str, Any]]]:
-    """The spec's head set; for ``heads=auto`` runs the selection and returns its record too."""
+def select_spec_heads(model: Any, tokenizer: Any, spec: SteerSpec, progress: bool = True,
+                      bf16: bool = False) -> tuple[HeadSet, Optional[dict[str, Any]]]:
+    """The spec's head set; for ``heads=auto`` runs the selection (under bf16 autocast if ``bf16``) and returns
+    its record too."""
     if spec.heads != "auto":
         return resolve_heads(model, spec.heads), None
     from tunelens.steer.devset import build_devset, load_dev_items
@@ -102,7 +103,7 @@ def select_spec_heads(model: Any, tokenizer: Any, spec: SteerSpec,
 
     items = load_dev_items(spec.dev, spec.dev_n)
     device = next(model.parameters()).device
-    dev = build_devset(tokenizer, items, spec.dev_variant, device=device)
+    dev = build_devset(tokenizer, items, spec.dev_variant, device=device, bf16=bf16)
     was_training = model.training
     model.eval()
     try:
