@@ -573,3 +573,14 @@ def test_cli_steer_select_writes_a_reusable_head_file(run_cli, tmp_path):
     assert len(record["scores"]) == 4 and record["settings"]["dev_items"] == 4
     bad = run_cli("steer", "select", "--model", "tiny-llama", "--method", "magic", "--out", out)
     assert bad.returncode == 2 and "select" in bad.stderr
+
+
+def test_unsupported_attention_implementation_is_a_clear_error():
+    """flex/flash kernels are not wrapped: steering says so instead of running unsteered."""
+    model, _ = _model("tiny-llama")
+    _, hl = _batch()
+    flex = copy.deepcopy(model)
+    flex.config._attn_implementation_internal = "flex_attention"
+    with pytest.raises(ConfigError, match="flex_attention.*set_attn_implementation\\('sdpa'\\)"):
+        with steer(flex, Highlight(hl)):
+            pass
