@@ -162,8 +162,8 @@ class Steering:
         if strength.shape[0] != call.query.shape[1]:
             raise ConfigError(f"{call.name}: {call.query.shape[1]} query heads, but the head set assumes "
                               f"{strength.shape[0]}.")
-        key = (call.kv_len, call.query_len, call.query.dtype, id(call.attention_mask), constant,
-               layer if constant is None else None)
+        key = (call.kv_len, call.query_len, call.query.dtype, id(call.attention_mask),
+               call.kwargs.get("sliding_window"), constant, layer if constant is None else None)
         mask = self._memo.get(key)
         if mask is None:
             scaled = key_scale_mask(self._rows, call.kv_len, self._total, self.scale_generated)
