@@ -25,12 +25,18 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info  # noqa: E402
+from common import machine_info
 
-from tunelens.data import load_examples  # noqa: E402
-from tunelens.heads import ablate_heads, as_batches, compute_patterns, find_head_sites, response_loss  # noqa: E402
-from tunelens.heads.stats import pearson, spearman, topk_jaccard  # noqa: E402
-from tunelens.models import load_model  # noqa: E402
+from tunelens.data import load_examples
+from tunelens.heads import (
+    ablate_heads,
+    as_batches,
+    compute_patterns,
+    find_head_sites,
+    response_loss,
+)
+from tunelens.heads.stats import pearson, spearman, topk_jaccard
+from tunelens.models import load_model
 
 ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "instructions" / "alpaca_en_demo_llamafactory.json"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,14 +11,36 @@ import torch
 
 from tunelens.data import Example, TokenizedExample, load_examples
 from tunelens.errors import ConfigError, DataError
-from tunelens.heads import HeadPatterns, ablate_heads, aggregate, compute_patterns, find_head_sites, response_loss
-from tunelens.heads import as_batches, mean_head_outputs, normalize_pattern
+from tunelens.heads import (
+    HeadPatterns,
+    ablate_heads,
+    aggregate,
+    as_batches,
+    compute_patterns,
+    find_head_sites,
+    mean_head_outputs,
+    normalize_pattern,
+    response_loss,
+)
 from tunelens.heads.causal import ablation_check, random_heads
-from tunelens.heads.composition import build_mixture, fit_composition, mixture_counts, null_control
 from tunelens.heads.compare import compare_patterns, delta, delta_summary
+from tunelens.heads.composition import (
+    build_mixture,
+    fit_composition,
+    mixture_counts,
+    null_control,
+)
 from tunelens.heads.sites import head_input_hooks
-from tunelens.heads.stats import (coefficient_of_variation, cosine, entropy, gini, mse, pearson, spearman,
-                                  topk_jaccard)
+from tunelens.heads.stats import (
+    coefficient_of_variation,
+    cosine,
+    entropy,
+    gini,
+    mse,
+    pearson,
+    spearman,
+    topk_jaccard,
+)
 from tunelens.models import load_model
 
 ARCHS = ["tiny-llama", "tiny-gpt2", "tiny-gemma3"]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -16,13 +15,13 @@ app = typer.Typer(no_args_is_help=True, help="Attention-head activation patterns
                                              "compare, ablate, compose.")
 
 
-def _examples(data: Path, limit: Optional[int], field: List[str], system: Optional[str]) -> list:
+def _examples(data: Path, limit: int | None, field: list[str], system: str | None) -> list:
     from tunelens.data import load_examples
 
     return load_examples(data, fields=parse_fields(field) or None, system=system, limit=limit).examples
 
 
-def _named_dirs(items: List[str], option: str) -> dict[str, Path]:
+def _named_dirs(items: list[str], option: str) -> dict[str, Path]:
     out = {}
     for item in items:
         if "=" not in item:
@@ -37,17 +36,17 @@ def patterns(
     model: str = typer.Option(..., "--model", "-m", help="Preset, HF directory/id or .gguf file."),
     data: Path = typer.Option(..., "--data", "-d", help="Data file (any format `tunelens data` reads)."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for patterns.json, per_sample.npy, heatmap.png."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="First N examples."),
+    limit: int | None = typer.Option(None, "--limit", "-n", help="First N examples."),
     batch_size: int = typer.Option(8, "--batch-size"),
     max_length: int = typer.Option(512, "--max-length"),
     aggregation: str = typer.Option("per_sample_abs", "--aggregation", help="per_sample_abs | batch_sum_abs."),
     backend: str = typer.Option("gate", "--backend", help="gate (one pass, any kernel) | eager (reference)."),
     per_token: bool = typer.Option(False, "--per-token", help="Sum token losses and divide by tokens."),
-    normalize: Optional[str] = typer.Option(None, "--normalize", help="layer_l2 | minmax | layer_l2+minmax."),
+    normalize: str | None = typer.Option(None, "--normalize", help="layer_l2 | minmax | layer_l2+minmax."),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (fast on AMX CPUs, noisier)."),
     dtype: str = typer.Option("float32", "--dtype", help="Weights' dtype."),
-    field: List[str] = typer.Option([], "--field", help="Field mapping for the data file, canonical=name."),
-    system: Optional[str] = typer.Option(None, "--system", help="System prompt added to every example."),
+    field: list[str] = typer.Option([], "--field", help="Field mapping for the data file, canonical=name."),
+    system: str | None = typer.Option(None, "--system", help="System prompt added to every example."),
     top: int = typer.Option(10, "--top", help="How many top heads to print."),
 ) -> None:
     """Compute the L×H activation pattern on the response loss of --data; writes DIR/patterns.json + heatmap."""
@@ -80,10 +79,10 @@ def compare(
     dir_a: Path = typer.Argument(..., help="Patterns directory A (e.g. before SFT)."),
     dir_b: Path = typer.Argument(..., help="Patterns directory B (e.g. after SFT); ΔAP = B − A."),
     ks: str = typer.Option("5,10,20", "--k", help="Comma-separated top-k sizes for Jaccard."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="|ΔAP| above which a head changed "
+    threshold: float | None = typer.Option(None, "--threshold", help="|ΔAP| above which a head changed "
                                               "(default 10% of A's mean)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the comparison as JSON here."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a ΔAP heatmap PNG here."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the comparison as JSON here."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a ΔAP heatmap PNG here."),
 ) -> None:
     """Correlations, cosine, MSE, top-k Jaccard, concentration of each, and a ΔAP summary."""
     from tunelens.heads import HeadPatterns
@@ -128,17 +127,17 @@ def ablate(
     mode: str = typer.Option("zero", "--mode", help="zero | mean."),
     n_random: int = typer.Option(5, "--n-random", help="Random k-head draws to compare with."),
     seed: int = typer.Option(0, "--seed"),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n"),
+    limit: int | None = typer.Option(None, "--limit", "-n"),
     batch_size: int = typer.Option(8, "--batch-size"),
     max_length: int = typer.Option(512, "--max-length"),
     bf16: bool = typer.Option(False, "--bf16"),
     dtype: str = typer.Option("float32", "--dtype"),
-    field: List[str] = typer.Option([], "--field"),
-    probe_suite: Optional[str] = typer.Option(None, "--probe-suite", help="Also run these probe suites per "
+    field: list[str] = typer.Option([], "--field"),
+    probe_suite: str | None = typer.Option(None, "--probe-suite", help="Also run these probe suites per "
                                               "condition (e.g. conflicts:world_facts)."),
     probe_variants: str = typer.Option("chat", "--probe-variants"),
-    probe_limit: Optional[int] = typer.Option(None, "--probe-limit"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write ablation.json here (a file path)."),
+    probe_limit: int | None = typer.Option(None, "--probe-limit"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write ablation.json here (a file path)."),
 ) -> None:
     """Causal check: ablate the top-k heads by AP vs k random heads; report Δ response loss (and probes)."""
     from tunelens.heads import HeadPatterns
@@ -175,17 +174,17 @@ def ablate(
 def compose(
     base: Path = typer.Option(..., "--base", help="Patterns of the model before fine-tuning (ΔAP = X − base)."),
     target: Path = typer.Option(..., "--target", help="Patterns after fine-tuning on the complex task."),
-    basic: List[str] = typer.Option(..., "--basic", help="NAME=DIR: patterns after fine-tuning on a basic task "
+    basic: list[str] = typer.Option(..., "--basic", help="NAME=DIR: patterns after fine-tuning on a basic task "
                                     "(repeat)."),
-    control: List[str] = typer.Option([], "--control", help="NAME=DIR: an unrelated task, fitted alone as a control."),
+    control: list[str] = typer.Option([], "--control", help="NAME=DIR: an unrelated task, fitted alone as a control."),
     method: str = typer.Option("nnls", "--method", help="nnls | lstsq."),
     intercept: bool = typer.Option(False, "--intercept"),
     permutations: int = typer.Option(200, "--permutations", help="Shuffled-heads null draws."),
     seed: int = typer.Option(0, "--seed"),
-    mixture_total: Optional[int] = typer.Option(None, "--mixture-total", help="Build a mixture of this many examples."),
-    mixture_data: List[str] = typer.Option([], "--mixture-data", help="NAME=FILE: data of each basic task."),
-    mixture_out: Optional[Path] = typer.Option(None, "--mixture-out", help="JSONL for the mixture (messages)."),
-    json_out: Optional[Path] = typer.Option(None, "--json"),
+    mixture_total: int | None = typer.Option(None, "--mixture-total", help="Build a mixture of this many examples."),
+    mixture_data: list[str] = typer.Option([], "--mixture-data", help="NAME=FILE: data of each basic task."),
+    mixture_out: Path | None = typer.Option(None, "--mixture-out", help="JSONL for the mixture (messages)."),
+    json_out: Path | None = typer.Option(None, "--json"),
 ) -> None:
     """Regress the complex task's ΔAP on the basic tasks' ΔAPs (R², adjusted R², shuffled-heads null)."""
     from tunelens.heads import HeadPatterns
@@ -218,9 +217,8 @@ def compose(
         if mixture_out:
             mixture_out.parent.mkdir(parents=True, exist_ok=True)
             with open(mixture_out, "w", encoding="utf-8") as fh:
-                for ex, src in zip(mix.items, mix.sources):
-                    fh.write(json.dumps({"messages": ex.messages, "task": src, "source": ex.source},
-                                        ensure_ascii=False) + "\n")
+                fh.writelines(json.dumps({"messages": ex.messages, "task": src, "source": ex.source},
+                                        ensure_ascii=False) + "\n" for ex, src in zip(mix.items, mix.sources))
             con.print(f"mixture: {mixture_out}")
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)

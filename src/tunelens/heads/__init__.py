@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from tunelens.heads.ablation import ablate_heads, mean_head_outputs, response_loss
 from tunelens.heads.inputs import as_batches
-from tunelens.heads.patterns import AGGREGATIONS, HeadPatterns, aggregate, compute_patterns, normalize_pattern
+from tunelens.heads.patterns import (
+    AGGREGATIONS,
+    HeadPatterns,
+    aggregate,
+    compute_patterns,
+    normalize_pattern,
+)
 from tunelens.heads.sites import HeadSite, check_heads, find_head_sites
 
 __all__ = ["AGGREGATIONS", "HeadPatterns", "HeadSite", "ablate_heads", "aggregate", "as_batches", "check_heads",

@@ -16,7 +16,12 @@ from torch import nn
 
 from tunelens.errors import ConfigError
 from tunelens.heads.inputs import Batch, per_sample_loss
-from tunelens.heads.sites import HeadSite, check_heads, find_head_sites, head_input_hooks
+from tunelens.heads.sites import (
+    HeadSite,
+    check_heads,
+    find_head_sites,
+    head_input_hooks,
+)
 
 __all__ = ["ABLATION_MODES", "ablate_heads", "mean_head_outputs", "response_loss"]
 

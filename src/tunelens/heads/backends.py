@@ -13,9 +13,8 @@ Both return float64 ``[batch, layers, heads]`` signed scores and the per-sample 
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 from torch import nn

@@ -6,8 +6,9 @@ seeded draws of k other heads ablated, and reports the changes.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from torch import nn

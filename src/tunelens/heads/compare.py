@@ -33,7 +33,7 @@ def delta_summary(before: Any, after: Any, threshold: float | None = None, top: 
     flat = d.ravel()
     n_heads = d.shape[1]
     order = np.argsort(flat, kind="stable")
-    head = lambda i: [int(i // n_heads), int(i % n_heads), float(flat[i])]  # noqa: E731
+    head = lambda i: [int(i // n_heads), int(i % n_heads), float(flat[i])]
     top = min(top, flat.size)
     norm = float(np.abs(base).sum())
     return {"mean_abs": float(np.abs(d).mean()), "max_abs": float(np.abs(d).max()), "mean": float(d.mean()),

@@ -7,24 +7,24 @@ tokens only (the chat rendering's trained mask, ``train_on="assistant"`` by defa
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tunelens.data import IGNORE_INDEX, Example, TokenizedExample, collate_padded, load_examples, tokenize_examples
+from tunelens.data import (
+    IGNORE_INDEX,
+    Example,
+    TokenizedExample,
+    collate_padded,
+    load_examples,
+    tokenize_examples,
+)
 from tunelens.errors import DataError
 
 __all__ = ["Batch", "as_batches", "per_sample_loss"]
 
 Batch = dict[str, torch.Tensor]
-
-
-@dataclass
-class _Prepared:
-    batches: list[Batch]
-    n_dropped: int = 0
 
 
 def _pad_id(tokenizer: Any) -> int:

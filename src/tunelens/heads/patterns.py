@@ -87,7 +87,7 @@ class HeadPatterns:
         order = np.lexsort((np.arange(flat.size), -flat))[:k]
         return [(int(i // self.n_heads), int(i % self.n_heads)) for i in order]
 
-    def normalized(self, kind: str | None) -> "HeadPatterns":
+    def normalized(self, kind: str | None) -> HeadPatterns:
         """A copy whose matrix is ``normalize_pattern(raw, kind)``."""
         base = self.raw if self.raw is not None else self.matrix
         settings = dict(self.settings, normalize=kind)
@@ -116,7 +116,7 @@ class HeadPatterns:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "HeadPatterns":
+    def load(cls, path: str | Path) -> HeadPatterns:
         """Read a directory written by :meth:`save` (or its patterns.json)."""
         path = Path(path)
         file = path / PATTERNS_FILE if path.is_dir() else path
@@ -127,7 +127,7 @@ class HeadPatterns:
             matrix = np.asarray(d["matrix"], dtype=np.float64)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{file}: not a head-pattern file ({exc}).") from None
-        arr = lambda k: None if d.get(k) is None else np.asarray(d[k])  # noqa: E731
+        arr = lambda k: None if d.get(k) is None else np.asarray(d[k])
         samples = file.parent / SAMPLES_FILE
         return cls(matrix, d.get("settings", {}), int(d.get("n_samples", 0)), int(d.get("n_tokens", 0)),
                    arr("raw"), arr("signed"), np.load(samples) if samples.is_file() else None, arr("batch_ids"),

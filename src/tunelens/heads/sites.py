@@ -14,17 +14,17 @@ scale, zero or replace single heads without touching the attention kernel (SDPA,
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from tunelens.errors import ConfigError
 
-__all__ = ["HeadSite", "OUTPUT_NAMES", "check_heads", "find_head_sites", "head_input_hooks", "model_shape"]
+__all__ = ["OUTPUT_NAMES", "HeadSite", "check_heads", "find_head_sites", "head_input_hooks", "model_shape"]
 
 #: Names of attention output projections in transformers models, most common first.
 OUTPUT_NAMES = ("o_proj", "c_proj", "out_proj", "dense", "wo", "o", "proj")
