@@ -107,16 +107,18 @@ def _from_examples(items: Sequence[Any], tokenizer: Any, batch_size: int, max_le
 
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Response loss of each sample, ``[batch]``: the mean (``"mean"``) or sum (``"sum"``) of
-    ``CE(logits[:, t-1], labels[:, t])`` over the sample's labelled tokens (computed in float32 or better)."""
-    shift_logits = logits[:, :-1]
-    if shift_logits.dtype in (torch.float16, torch.bfloat16):
-        shift_logits = shift_logits.float()
+    ``CE(logits[:, t-1], labels[:, t])`` over the sample's labelled tokens (computed in float32 or better, on the
+    labelled positions only, so the vocabulary-sized buffers are as small as the responses)."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     targets = labels[:, 1:]
-    ce = torch.nn.functional.cross_entropy(shift_logits.transpose(1, 2), targets.clamp_min(0), reduction="none")
-    keep = (targets != IGNORE_INDEX).to(ce.dtype)
-    total = (ce * keep).sum(-1)
+    keep = targets != IGNORE_INDEX
+    rows = keep.nonzero(as_tuple=True)[0]
+    selected = logits[:, :-1][keep]
+    if selected.dtype in (torch.float16, torch.bfloat16):
+        selected = selected.float()
+    ce = torch.nn.functional.cross_entropy(selected, targets[keep], reduction="none")
+    total = torch.zeros(labels.shape[0], dtype=ce.dtype, device=ce.device).index_add(0, rows, ce)
     if reduction == "sum":
         return total
-    if reduction != "mean":
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    return total / keep.sum(-1).clamp_min(1)
+    return total / keep.sum(-1).clamp_min(1).to(ce.dtype)
