@@ -82,6 +82,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    machine = machine_info()  # load average at the start
     model, tok = load_model(args.model)
     examples = load_examples(args.data, limit=args.n).examples
     batches = as_batches(examples, tok, batch_size=args.batch_size, max_length=args.max_length)
@@ -124,7 +125,7 @@ def main() -> None:
                        "layers": layers, "full_wall_s": t_loop.wall * scale, "full_cpu_s": t_loop.cpu * scale},
               "speedup_wall": t_loop.wall * scale / t_ap.wall, "speedup_cpu": t_loop.cpu * scale / t_ap.cpu,
               "extrapolated": passes != full_passes, "eager": eager,
-              "agreement": agreement, "machine": machine_info(), "loadavg_at_end": os.getloadavg()}
+              "agreement": agreement, "machine": machine, "loadavg_at_end": os.getloadavg()}
     how = f" (loop time extrapolated from {passes} to {full_passes} passes)" if result["extrapolated"] else ""
     print(f"speed-up of one-pass AP over the ablation loop: {result['speedup_wall']:.1f}x wall, "
           f"{result['speedup_cpu']:.1f}x CPU time (target >= 20x){how}")
