@@ -74,11 +74,14 @@ def pasta_hooks(model: Any, heads: dict[int, list[int]], ranges: torch.Tensor, i
             h.remove()
 
 
-def timed(fn: Callable[[], torch.Tensor], new_tokens: int) -> tuple[float, torch.Tensor]:
-    t = time.perf_counter()
+def timed(fn: Callable[[], torch.Tensor], new_tokens: int) -> tuple[float, float, torch.Tensor]:
+    """(tokens per wall second, tokens per CPU second of this process, output). CPU time is the steadier figure
+    on a shared machine when torch runs one thread (OMP_NUM_THREADS=1)."""
+    t, c = time.perf_counter(), time.process_time()
     out = fn()
-    dt = time.perf_counter() - t
-    return out.shape[0] * new_tokens / dt, out
+    dt, dc = time.perf_counter() - t, time.process_time() - c
+    n = out.shape[0] * new_tokens
+    return n / dt, n / dc, out
 
 
 def main() -> None:
@@ -156,15 +159,18 @@ def main() -> None:
 
     runs = {"unsteered_sdpa": unsteered, "tunelens_steer_sdpa": steered, "baseline": pastalib_run}
     speeds: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
     outs: dict[str, torch.Tensor] = {}
     with torch.inference_mode():
         for fn in runs.values():  # warm-up
             fn()
         for _ in range(args.rounds):
             for name, fn in runs.items():
-                tps, outs[name] = timed(fn, args.new_tokens)
+                tps, cps, outs[name] = timed(fn, args.new_tokens)
                 speeds[name].append(tps)
+                cpu[name].append(cps)
     med = {k: statistics.median(v) for k, v in speeds.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     result = {
         "model": args.model, "prompts": len(texts), "prompt_tokens_padded": width, "new_tokens": args.new_tokens,
         "heads": sum(len(h) for h in heads.values()), "alpha": args.alpha, "rounds": args.rounds,
@@ -173,6 +179,10 @@ def main() -> None:
         "median_tokens_per_s": {k: round(v, 2) for k, v in med.items()},
         "steered_vs_unsteered": round(med["tunelens_steer_sdpa"] / med["unsteered_sdpa"], 3),
         "steered_vs_baseline": round(med["tunelens_steer_sdpa"] / med["baseline"], 3),
+        "tokens_per_cpu_s": {k: [round(x, 2) for x in v] for k, v in cpu.items()},
+        "median_tokens_per_cpu_s": {k: round(v, 2) for k, v in med_cpu.items()},
+        "cpu_steered_vs_unsteered": round(med_cpu["tunelens_steer_sdpa"] / med_cpu["unsteered_sdpa"], 3),
+        "cpu_steered_vs_baseline": round(med_cpu["tunelens_steer_sdpa"] / med_cpu["baseline"], 3),
         "same_tokens_as_baseline": bool(torch.equal(outs["tunelens_steer_sdpa"], outs["baseline"])),
         "steering_changed_tokens": not bool(torch.equal(outs["tunelens_steer_sdpa"], outs["unsteered_sdpa"])),
     }
