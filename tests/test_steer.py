@@ -10,22 +10,35 @@ from __future__ import annotations
 import copy
 import json
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
-from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AttentionInterface,
+    AutoConfig,
+    AutoModelForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_outputs import CausalLMOutput
 
 from tunelens.errors import ConfigError
 from tunelens.models import load_model
 from tunelens.models.presets import tiny_tokenizer
-from tunelens.probes.attention_capture import attention_bias, AttentionCall
-from tunelens.steer import (HeadSet, Highlight, PromptHighlights, encode_chat, encode_highlighted, resolve_heads,
-                            steer)
+from tunelens.probes.attention_capture import AttentionCall, attention_bias
+from tunelens.steer import (
+    HeadSet,
+    Highlight,
+    PromptHighlights,
+    encode_chat,
+    encode_highlighted,
+    resolve_heads,
+    steer,
+)
 
 PRESETS = ["tiny-llama", "tiny-gpt2", "tiny-gemma3", "gemma3-window"]
 
@@ -41,7 +54,7 @@ def _gemma3_window():
     return AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval(), tok
 
 
-@lru_cache(maxsize=None)
+@cache
 def _model(preset: str):
     """An sdpa model with weights redrawn wider, so attention is far from uniform and steering shows."""
     model, tok = _gemma3_window() if preset == "gemma3-window" else load_model(preset)
@@ -430,7 +443,7 @@ def test_decode_without_steered_prefill_raises():
 
 
 # --------------------------------------------------------------------------- head selection
-@lru_cache(maxsize=None)
+@cache
 def _dev():
     from tunelens.steer.devset import build_devset, load_dev_items
 

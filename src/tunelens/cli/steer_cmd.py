@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -23,7 +22,7 @@ def select(
     top_layers: int = typer.Option(4, "--top-layers", help="profile-layer: layers whose heads are profiled."),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast."),
     dtype: str = typer.Option("float32", "--dtype", help="Weights' dtype."),
-    chat_template: Optional[Path] = typer.Option(None, "--chat-template", help="A .jinja template to use instead."),
+    chat_template: Path | None = typer.Option(None, "--chat-template", help="A .jinja template to use instead."),
 ) -> None:
     """Select heads on a dev set of knowledge conflicts; use the file with ``probe --steer heads=DIR/heads.json``."""
     from tunelens.chat import load_template_file

@@ -8,8 +8,15 @@ one-pass attribution (:func:`select_heads`).
 """
 from tunelens.steer.context import Steering, check_alpha, steer
 from tunelens.steer.heads import HeadSet, model_shape, resolve_heads
-from tunelens.steer.spans import (Highlight, PromptHighlights, chat_user_mask, encode_chat, encode_highlighted,
-                                  find_substring, tokens_in_char_spans)
+from tunelens.steer.spans import (
+                                  Highlight,
+                                  PromptHighlights,
+                                  chat_user_mask,
+                                  encode_chat,
+                                  encode_highlighted,
+                                  find_substring,
+                                  tokens_in_char_spans,
+)
 
 __all__ = ["HeadSet", "Highlight", "PromptHighlights", "Steering", "chat_user_mask", "check_alpha", "encode_chat",
            "encode_highlighted", "find_substring", "model_shape", "resolve_heads", "steer", "tokens_in_char_spans"]

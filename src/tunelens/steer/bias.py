@@ -14,13 +14,12 @@ sliding-window caches that keep the most recent keys (``kv_len < total``). Keys 
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
 from tunelens.probes.attention_capture import AttentionCall, attention_bias
 
-__all__ = ["steer_mask", "key_scale_mask"]
+__all__ = ["key_scale_mask", "steer_mask"]
 
 
 def key_scale_mask(highlight: torch.Tensor, kv_len: int, total: int, scale_generated: bool) -> torch.Tensor:
@@ -47,7 +46,7 @@ def _base_mask(call: AttentionCall, dtype: torch.dtype) -> torch.Tensor:
 
 
 def steer_mask(call: AttentionCall, scaled_keys: torch.Tensor, strength: torch.Tensor,
-               full_layer: Optional[float] = None) -> torch.Tensor:
+               full_layer: float | None = None) -> torch.Tensor:
     """The new additive mask for ``call``: the original one plus ``strength[h]`` on ``scaled_keys`` (``[B, kv]``).
 
     ``strength``: ``[heads]`` (``log α`` on steered heads, 0 elsewhere; may require grad). ``full_layer``: when

@@ -21,8 +21,9 @@ never calls the registered attention function, or whose steered layers never rea
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Union
 
 import torch
 from torch import nn
@@ -34,7 +35,7 @@ from tunelens.steer.cache_rows import ROWS_ATTR, track_cache_rows
 from tunelens.steer.heads import HeadSet, HeadSpec, resolve_heads
 from tunelens.steer.spans import Highlight, PromptHighlights
 
-__all__ = ["Steering", "steer", "check_alpha"]
+__all__ = ["Steering", "check_alpha", "steer"]
 
 HighlightLike = Union[Highlight, PromptHighlights, torch.Tensor]
 
@@ -58,9 +59,9 @@ class Steering:
     require grad to differentiate through steering (see :mod:`tunelens.steer.select`).
     """
 
-    def __init__(self, heads: HeadSet, alpha: float, highlight: Union[Highlight, PromptHighlights],
+    def __init__(self, heads: HeadSet, alpha: float, highlight: Highlight | PromptHighlights,
                  scale_generated: bool, device: torch.device,
-                 strengths: Optional[dict[int, torch.Tensor]] = None):
+                 strengths: dict[int, torch.Tensor] | None = None):
         self.heads, self.alpha, self.highlight = heads, alpha, highlight
         self.scale_generated = scale_generated
         self.log_alpha = math.log(alpha)
@@ -75,7 +76,7 @@ class Steering:
         self.strengths = strengths
         self.forwards = 0
         self.steered_calls = 0
-        self._rows: Optional[torch.Tensor] = None
+        self._rows: torch.Tensor | None = None
         self._total = 0
         self._calls = 0
         self._seen: set[int] = set()
@@ -87,7 +88,7 @@ class Steering:
         return {"alpha": self.alpha, "n_heads": len(self.heads), "heads": self.heads.to_json(),
                 "scale_generated": self.scale_generated}
 
-    def _prefill_rows(self, ids: Optional[torch.Tensor], att: Optional[torch.Tensor], batch: int,
+    def _prefill_rows(self, ids: torch.Tensor | None, att: torch.Tensor | None, batch: int,
                       q_len: int, device: torch.device) -> torch.Tensor:
         hl = self.highlight
         if isinstance(hl, Highlight):
@@ -146,7 +147,7 @@ class Steering:
                               "there, or its layer indices differ); nothing would be steered in them.")
 
     # ------------------------------------------------------------------ per attention call
-    def __call__(self, call: AttentionCall) -> Optional[AttentionCall]:
+    def __call__(self, call: AttentionCall) -> AttentionCall | None:
         layer = call.layer if call.layer is not None else self._calls
         self._calls += 1
         self._seen.add(layer)
@@ -176,7 +177,7 @@ class Steering:
         return call.replace(attention_mask=mask, kwargs=kwargs)
 
 
-def _as_highlight(highlight: HighlightLike) -> Union[Highlight, PromptHighlights]:
+def _as_highlight(highlight: HighlightLike) -> Highlight | PromptHighlights:
     if isinstance(highlight, (Highlight, PromptHighlights)):
         return highlight
     if isinstance(highlight, (torch.Tensor, list)):
@@ -187,7 +188,7 @@ def _as_highlight(highlight: HighlightLike) -> Union[Highlight, PromptHighlights
 
 @contextmanager
 def steer(model: nn.Module, highlight: HighlightLike, heads: HeadSpec = "all", alpha: float = 0.9, *,
-          scale_generated: bool = False, strengths: Optional[dict[int, torch.Tensor]] = None) -> Iterator[Steering]:
+          scale_generated: bool = False, strengths: dict[int, torch.Tensor] | None = None) -> Iterator[Steering]:
     """Steer ``model``'s attention toward the highlighted prompt tokens while the context is active.
 
     For every head in ``heads`` (``"all"``, a ``{"layer": [heads]}`` file or mapping, ``(layer, head)`` pairs, or a

@@ -11,8 +11,9 @@ beyond it (never scaled).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Optional, Sequence
+from typing import Any, ContextManager
 
 import torch
 
@@ -51,7 +52,7 @@ class DevSet:
         logp = torch.log_softmax(logits, dim=-1).gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return (logp * (tgt >= 0)).sum(-1)
 
-    def margin(self, model: Any, context: Optional[Callable[[DevBatch], ContextManager]] = None,
+    def margin(self, model: Any, context: Callable[[DevBatch], ContextManager] | None = None,
                grad: bool = False) -> torch.Tensor:
         """Mean ``log p(ctx) - log p(mem)`` over the items; ``context(batch)`` wraps each forward (e.g. steering).
         With ``grad=True`` the result keeps the graph (parameters' grads are not needed and not computed)."""
@@ -68,7 +69,7 @@ class _null:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         return None
 
 

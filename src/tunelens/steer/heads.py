@@ -7,9 +7,10 @@ files (``{"13": [5, 7], "14": [0]}``) load as they are; ``save`` writes the same
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Union
+from typing import Any, Union
 
 from tunelens.errors import ConfigError
 
@@ -48,11 +49,11 @@ class HeadSet:
                                   f"0..{self.n_heads - 1} per layer.")
 
     @classmethod
-    def all(cls, n_layers: int, n_heads: int) -> "HeadSet":
+    def all(cls, n_layers: int, n_heads: int) -> HeadSet:
         return cls({l: tuple(range(n_heads)) for l in range(n_layers)}, n_layers, n_heads)
 
     @classmethod
-    def from_pairs(cls, pairs: Iterable[tuple[int, int]], n_layers: int, n_heads: int) -> "HeadSet":
+    def from_pairs(cls, pairs: Iterable[tuple[int, int]], n_layers: int, n_heads: int) -> HeadSet:
         out: dict[int, set[int]] = {}
         for layer, head in pairs:
             out.setdefault(int(layer), set()).add(int(head))
@@ -60,7 +61,7 @@ class HeadSet:
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[Any, Iterable[int]], n_layers: int, n_heads: int,
-                     where: str = "head set") -> "HeadSet":
+                     where: str = "head set") -> HeadSet:
         pairs = []
         for key, hs in mapping.items():
             try:
@@ -76,7 +77,7 @@ class HeadSet:
         return cls.from_pairs(pairs, n_layers, n_heads)
 
     @classmethod
-    def load(cls, path: str | Path, n_layers: int, n_heads: int) -> "HeadSet":
+    def load(cls, path: str | Path, n_layers: int, n_heads: int) -> HeadSet:
         """Read a ``{"layer": [heads]}`` JSON file (PASTA's head-config format)."""
         path = Path(path)
         try:

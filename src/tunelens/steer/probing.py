@@ -9,8 +9,9 @@ forks need no change.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from tunelens.probes.prompts import Prompt, observe_prompts
 from tunelens.steer.context import steer

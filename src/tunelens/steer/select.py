@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,7 +114,7 @@ def profile_heads(model: Any, dev: DevSet, *, alpha: float = 0.01, k: int = 16, 
 
 
 def attribute_heads(model: Any, dev: DevSet, *, method: str = "gradient", k: int = 16, tokenizer: Any = None,
-                    items: Optional[list[Any]] = None, progress: bool = True) -> Selection:
+                    items: list[Any] | None = None, progress: bool = True) -> Selection:
     """One-pass head selection by ``method`` in :data:`ATTRIBUTIONS` (see the module docstring); top ``k``."""
     if method not in ATTRIBUTIONS:
         raise ConfigError(f"attribution method must be one of {ATTRIBUTIONS}, got {method!r}.")
@@ -172,7 +172,6 @@ def _attention_scores(model: Any, dev: DevSet) -> np.ndarray:
 def _ap_scores(model: Any, tokenizer: Any, items: list[Any], progress: bool, bf16: bool) -> np.ndarray:
     from tunelens.data import Example
     from tunelens.heads import compute_patterns
-
     from tunelens.probes.suites.conflicts import _parts
 
     examples = [Example(messages=[{"role": "user", "content": "".join(text for _, text in _parts(it))},

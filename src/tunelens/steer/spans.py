@@ -13,15 +13,24 @@ would silently do nothing is never returned.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Union
 
 import torch
 
 from tunelens.errors import ConfigError
 
-__all__ = ["Highlight", "PromptHighlights", "chat_user_mask", "encode_chat", "encode_highlighted", "find_substring",
-           "tokens_in_char_spans", "USER_ROLES"]
+__all__ = [
+    "USER_ROLES",
+    "Highlight",
+    "PromptHighlights",
+    "chat_user_mask",
+    "encode_chat",
+    "encode_highlighted",
+    "find_substring",
+    "tokens_in_char_spans",
+]
 
 USER_ROLES = ("user",)
 CharSpan = tuple[int, int]
@@ -130,7 +139,7 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
-Spec = Union[str, CharSpan, Sequence[Union[str, CharSpan]]]
+Spec = Union[str, CharSpan, Sequence[str | CharSpan]]
 
 
 def _char_spans(text: str, spec: Spec, occurrence: int) -> list[CharSpan]:
@@ -149,7 +158,7 @@ def _char_spans(text: str, spec: Spec, occurrence: int) -> list[CharSpan]:
     return out
 
 
-def encode_highlighted(tokenizer: Any, texts: Union[str, Sequence[str]], highlights: Sequence[Spec], *,
+def encode_highlighted(tokenizer: Any, texts: str | Sequence[str], highlights: Sequence[Spec], *,
                        occurrence: int = 0, add_special_tokens: bool = True,
                        device: Any = "cpu") -> tuple[dict[str, torch.Tensor], Highlight]:
     """Tokenize ``texts`` (left-padded batch) and highlight, per text, substrings and/or ``(start, end)`` character
@@ -172,7 +181,7 @@ def encode_highlighted(tokenizer: Any, texts: Union[str, Sequence[str]], highlig
     return _left_pad(rows, masks, _pad_id(tokenizer), device)
 
 
-def chat_user_mask(rendered: Any, bos_token_id: Optional[int] = None, turns: str = "all") -> list[bool]:
+def chat_user_mask(rendered: Any, bos_token_id: int | None = None, turns: str = "all") -> list[bool]:
     """Tokens of user-turn *contents* in a :class:`tunelens.chat.Rendered` (template tokens excluded);
     ``turns``: ``"all"`` user turns or only the ``"last"`` one."""
     if turns not in ("all", "last"):
@@ -190,7 +199,7 @@ def chat_user_mask(rendered: Any, bos_token_id: Optional[int] = None, turns: str
 
 
 def encode_chat(tokenizer: Any, conversations: Sequence[Sequence[Mapping[str, str]]], *, turns: str = "all",
-                chat_template: Optional[str] = None,
+                chat_template: str | None = None,
                 device: Any = "cpu") -> tuple[dict[str, torch.Tensor], Highlight]:
     """Render each conversation with its chat template, assistant turn opened (:func:`tunelens.chat.render_prompt`),
     and highlight the user turns' content tokens. Returns left-padded ``(inputs, Highlight)``."""

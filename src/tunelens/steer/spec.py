@@ -10,7 +10,7 @@ default ``capitals``, disjoint from the default probe set ``world_facts``), ``de
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Optional
+from typing import Any
 
 from tunelens.errors import ConfigError
 from tunelens.steer.context import check_alpha
@@ -33,11 +33,11 @@ class SteerSpec:
     dev: str = "capitals"
     dev_n: int = 32
     dev_variant: str = "chat"
-    profile_alpha: Optional[float] = None
+    profile_alpha: float | None = None
     top_layers: int = 4
     scale_generated: bool = False
 
-    def validate(self) -> "SteerSpec":
+    def validate(self) -> SteerSpec:
         self.alpha = check_alpha(self.alpha)
         if self.profile_alpha is not None:
             self.profile_alpha = check_alpha(self.profile_alpha)
@@ -93,7 +93,7 @@ def parse_steer_spec(text: str | dict[str, Any] | SteerSpec) -> SteerSpec:
 
 
 def select_spec_heads(model: Any, tokenizer: Any, spec: SteerSpec, progress: bool = True,
-                      bf16: bool = False) -> tuple[HeadSet, Optional[dict[str, Any]]]:
+                      bf16: bool = False) -> tuple[HeadSet, dict[str, Any] | None]:
     """The spec's head set; for ``heads=auto`` runs the selection (under bf16 autocast if ``bf16``) and returns
     its record too."""
     if spec.heads != "auto":
