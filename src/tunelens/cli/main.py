@@ -9,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from tunelens.cli import align_cmd, data_cmd, eval_cmd, models_cmd, probe_cmd, sft_cmd, synth_cmd, testbed_cmd
+from tunelens.cli import (align_cmd, data_cmd, eval_cmd, heads_cmd, models_cmd, probe_cmd, sft_cmd, steer_cmd, synth_cmd,
+                          testbed_cmd)
 from tunelens.errors import TunelensError
 
 app = typer.Typer(name="tunelens", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -17,6 +18,8 @@ app = typer.Typer(name="tunelens", no_args_is_help=True, pretty_exceptions_enabl
 app.command("models")(models_cmd.models)
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(probe_cmd.app, name="probe")
+app.add_typer(heads_cmd.app, name="heads")
+app.add_typer(steer_cmd.app, name="steer")
 app.add_typer(testbed_cmd.app, name="testbed")
 app.add_typer(eval_cmd.app, name="eval")
 app.command("sft", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(sft_cmd.sft)

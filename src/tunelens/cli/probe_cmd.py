@@ -42,6 +42,9 @@ def probe(
     response_prefix: bool = typer.Option(False, "--response-prefix", help="Haystack: open the answer with the "
                                          "needle's first words."),
     chat_template: Optional[Path] = typer.Option(None, "--chat-template", help="A .jinja template to use instead."),
+    steer: Optional[str] = typer.Option(None, "--steer", help="Steer attention toward each prompt's user turn: "
+                                        "alpha=0.9,heads=all|FILE.json|auto[,select=gradient|attention|ap|profile|"
+                                        "profile-layer,k=16,dev=capitals,dev_n=32] (see tunelens.steer.spec)."),
 ) -> None:
     """Run probes; prints a table and writes DIR/results.json, DIR/records/*.jsonl and plots."""
     if ctx.invoked_subcommand is not None:
@@ -58,17 +61,37 @@ def probe(
                              system=system, context_only_instruction=context_only, indicator=indicator,
                              no_context_control=not no_control, fields=parse_fields(field),
                              haystack_lengths=[int(x) for x in _floats(haystack_lengths)],
-                             haystack_depths=_floats(haystack_depths), response_prefix=response_prefix)
+                             haystack_depths=_floats(haystack_depths), response_prefix=response_prefix,
+                             steer=_steer_spec(steer))
     settings.validate()
     m, tok = load_model(model, dtype=dtype)
     if chat_template:
         tok.chat_template = load_template_file(chat_template)
     report = run(m, tok, suite, variants, settings, model_name=model)
     report.save(out)
+    if settings.steer:
+        Console().print(f"steered heads: {_save_heads(settings.steer, out)}")
     print_table(report)
     for path in save_plots(report, out):
         Console().print(f"plot: {path}")
     Console().print(f"results: {out / 'results.json'}")
+
+
+def _steer_spec(text: Optional[str]) -> Optional[dict]:
+    if text is None:
+        return None
+    from tunelens.steer.spec import parse_steer_spec
+
+    return parse_steer_spec(text).to_dict()
+
+
+def _save_heads(record: dict, out: Path) -> Path:
+    """The steered head set as PASTA's ``{"layer": [heads]}`` file (reusable with heads=FILE)."""
+    import json
+
+    path = out / "steer_heads.json"
+    path.write_text(json.dumps(record["resolved_heads"], indent=1) + "\n", encoding="utf-8")
+    return path
 
 
 def print_table(report) -> None:

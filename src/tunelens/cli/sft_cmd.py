@@ -29,12 +29,16 @@ def sft(
         from tunelens.probes.trajectory import trajectory_from_config
 
         callbacks.append(trajectory_from_config(cfg.probes, model_name=cfg.model.spec))
+    if cfg.heads:
+        from tunelens.heads.callback import heads_from_config
+
+        callbacks.append(heads_from_config(cfg.heads))
     result = train_sft(cfg, out, callbacks=callbacks, force=force)
     con = Console()
     print(json.dumps(asdict(result), indent=2))
     if result.resumed_from is not None:
         con.print(f"resumed from step {result.resumed_from}")
-    if callbacks:
+    if cfg.probes:
         from tunelens.report import plot_trajectory
 
         summary = json.loads((out / "trajectory.json").read_text())

@@ -23,8 +23,10 @@ fast tokenizer's character offsets (a token overlapping user content is 'user', 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Callable, Iterator, Sequence, Union
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -32,7 +34,7 @@ from transformers import PreTrainedTokenizerBase
 from tunelens.errors import ConfigError
 
 __all__ = ["VARIANTS", "PIECE_KINDS", "TRUNCATION_SIDES", "ALPACA_PREAMBLE", "CONTEXT_ONLY_INSTRUCTION", "Prompt",
-           "adds_bos", "build_prompt", "truncate_prompt"]
+           "adds_bos", "build_prompt", "observe_prompts", "truncate_prompt"]
 
 VARIANTS = ("raw", "chat", "alpaca", "tulu")
 PIECE_KINDS = ("context", "question", "other")
@@ -64,6 +66,20 @@ class Prompt:
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+
+_OBSERVERS: ContextVar[tuple[Callable[["Prompt"], None], ...]] = ContextVar("tunelens_prompt_observers", default=())
+
+
+@contextmanager
+def observe_prompts(callback: Callable[["Prompt"], None]) -> Iterator[None]:
+    """Call ``callback(prompt)`` on every prompt :func:`build_prompt` returns while active (e.g. steering
+    registers each prompt's user-content tokens)."""
+    token = _OBSERVERS.set(_OBSERVERS.get() + (callback,))
+    try:
+        yield
+    finally:
+        _OBSERVERS.reset(token)
 
 
 def _parts(user: UserParts) -> list[tuple[str, str]]:
@@ -172,7 +188,10 @@ def build_prompt(variant: str, user: UserParts, tokenizer: PreTrainedTokenizerBa
         a, b = max(lo, user_start + ctx_chars[0]), min(hi, user_start + ctx_chars[1])
         hit = [i for i, (s, e) in enumerate(offsets) if s < b and e > a]
         span = (hit[0], hit[-1] + 1) if hit else None
-    return Prompt(text=text, input_ids=ids, variant=variant, token_roles=roles, context_token_span=span)
+    prompt = Prompt(text=text, input_ids=ids, variant=variant, token_roles=roles, context_token_span=span)
+    for observer in _OBSERVERS.get():
+        observer(prompt)
+    return prompt
 
 
 def truncate_prompt(variant: str, user: UserParts, tokenizer: PreTrainedTokenizerBase, max_prompt_tokens: int, *,

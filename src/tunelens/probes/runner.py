@@ -2,10 +2,12 @@
 
 Suite specs: ``conflicts:world_facts``, ``conflicts:capitals``, ``conflicts:PATH`` (a user file, with
 ``settings.fields`` as field mapping), ``memotrap[:NAME]``, ``contextqa:xquad``, ``contextqa:boolq``,
-``contextqa:PATH``, ``haystack``, ``attention[:CONFLICTS_SPEC]``.
+``contextqa:PATH``, ``haystack``, ``attention[:CONFLICTS_SPEC]``. With ``settings.steer``, every suite runs under
+attention steering toward each prompt's user-turn content (heads resolved once, recorded in the settings).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict
 from typing import Any, Callable, Sequence
 
@@ -55,10 +57,21 @@ def run(model: Any, tokenizer: Any, suites: str | Sequence[str], variants: str |
     was_training = model.training
     model.eval()
     try:
-        results = [SUITES[kind](model, tokenizer, arg, variant, settings) for kind, arg in pairs for variant in names]
+        with _steering(model, tokenizer, settings):
+            results = [SUITES[kind](model, tokenizer, arg, variant, settings) for kind, arg in pairs
+                       for variant in names]
     finally:
         model.train(was_training)
     return ProbeReport(model=model_name, results=results, settings=asdict(settings))
+
+
+def _steering(model: Any, tokenizer: Any, settings: ProbeSettings) -> contextlib.AbstractContextManager:
+    """``settings.steer`` set: steer every prompt toward its user-turn content (:mod:`tunelens.steer.probing`)."""
+    if not settings.steer:
+        return contextlib.nullcontext()
+    from tunelens.steer.probing import steer_probes
+
+    return steer_probes(model, tokenizer, settings)
 
 
 def _register_builtin() -> None:

@@ -29,6 +29,7 @@ class ProbeSettings:
     haystack_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     haystack_new_tokens: int = 100  # paper B scores recall on the first 100 generated tokens
     response_prefix: bool = False  # haystack: open the answer with the needle's first words
+    steer: Optional[dict[str, Any]] = None  # attention steering toward the user turn (tunelens.steer.SteerSpec keys)
     progress: bool = True
 
     def validate(self) -> None:
@@ -40,6 +41,10 @@ class ProbeSettings:
             raise ConfigError("batch_size, max_new_tokens and haystack_new_tokens must be >= 1.")
         if any(not 0.0 <= d <= 1.0 for d in self.haystack_depths):
             raise ConfigError(f"haystack_depths must lie in [0, 1], got {self.haystack_depths}.")
+        if self.steer is not None:
+            from tunelens.steer.spec import parse_steer_spec
+
+            parse_steer_spec(self.steer)
         if any(n < 16 for n in self.haystack_lengths):
             raise ConfigError(f"haystack_lengths must be >= 16 tokens, got {self.haystack_lengths}.")
 

@@ -69,6 +69,9 @@ class SFTConfig:
     # Probes along training (see tunelens.probes.trajectory.trajectory_from_config): suites, variants,
     # every, mode, limit, track, reliance, keep_peak, early_stop_drop, ... Empty: no probes.
     probes: dict[str, Any] = field(default_factory=dict)
+    # Head activation patterns along training (see tunelens.heads.callback.heads_from_config): data, every, k,
+    # limit, batch_size, max_length, aggregation, ... Empty: none. Logged as `heads` events, saved in RUN/heads/.
+    heads: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Reject inconsistent settings with a message naming the key."""
