@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from tunelens.align import AlignConfig, train_align
-from tunelens.config import load_config
+from tunelens.cli.recipe import load_recipe
 
 KEYS = ("rate/all_constraints", "kl_p_pi", "js", "tv", "kl_pi_a", "distinct_2")
 
@@ -22,10 +22,7 @@ def align(
     force: bool = typer.Option(False, "--force", help="Resume even if the config changed."),
 ) -> None:
     """Train toward an energy-based target by minimising an f-divergence (loss=fkl|rkl|js|tv|chi2|alpha)."""
-    overrides = list(ctx.args)
-    if config is not None and "=" in str(config) and not config.exists():
-        config, overrides = None, [str(config), *overrides]
-    cfg = load_config(AlignConfig, config, overrides)
+    cfg = load_recipe(AlignConfig, config, ctx)
     result = train_align(cfg, out, force=force)
     con = Console()
     print(json.dumps({k: v for k, v in asdict(result).items() if k not in ("initial", "final")}, indent=2))

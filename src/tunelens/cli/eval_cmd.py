@@ -106,7 +106,11 @@ def refll(
     chat_template: Optional[Path] = typer.Option(None, "--chat-template"),
 ) -> None:
     """Reference-answer log-likelihood (per token) on MT-Bench/Vicuna-bench, and the well-terminated rate."""
-    from tunelens.evals import load_reference_items, reference_loglik, reference_termination
+    from tunelens.evals import (
+        load_reference_items,
+        reference_loglik,
+        reference_termination,
+    )
 
     items = load_reference_items([b.strip() for b in benchmarks.split(",") if b.strip()], turns=turns, limit=limit)
     m, tok, template = _load(model, dtype, chat_template)

@@ -9,8 +9,18 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from tunelens.cli import (align_cmd, data_cmd, eval_cmd, heads_cmd, models_cmd, probe_cmd, sft_cmd, steer_cmd, synth_cmd,
-                          testbed_cmd)
+from tunelens.cli import (
+    align_cmd,
+    data_cmd,
+    eval_cmd,
+    heads_cmd,
+    models_cmd,
+    probe_cmd,
+    sft_cmd,
+    steer_cmd,
+    synth_cmd,
+    testbed_cmd,
+)
 from tunelens.errors import TunelensError
 
 app = typer.Typer(name="tunelens", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,

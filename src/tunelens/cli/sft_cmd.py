@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from tunelens.config import load_config
+from tunelens.cli.recipe import load_recipe
 from tunelens.train import SFTConfig, train_sft
 
 
@@ -20,10 +20,7 @@ def sft(
     force: bool = typer.Option(False, "--force", help="Resume even if the config changed."),
 ) -> None:
     """Fine-tune a model; overrides follow as key=value (e.g. max_steps=50 data.max_length=256)."""
-    overrides = list(ctx.args)
-    if config is not None and "=" in str(config) and not config.exists():
-        config, overrides = None, [str(config), *overrides]
-    cfg = load_config(SFTConfig, config, overrides)
+    cfg = load_recipe(SFTConfig, config, ctx)
     callbacks = []
     if cfg.probes:
         from tunelens.probes.trajectory import trajectory_from_config

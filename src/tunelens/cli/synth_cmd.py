@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from tunelens.config import load_config
+from tunelens.cli.recipe import load_recipe
 
 
 def synth(
@@ -19,10 +19,7 @@ def synth(
     """Turn raw text into (first part -> teacher continuation) pairs; overrides follow as key=value."""
     from tunelens.data.synth import SynthConfig, run_synth
 
-    overrides = list(ctx.args)
-    if config is not None and "=" in str(config) and not config.exists():
-        config, overrides = None, [str(config), *overrides]
-    cfg = load_config(SynthConfig, config, overrides)
+    cfg = load_recipe(SynthConfig, config, ctx)
     result = run_synth(cfg, out)
     rep = result.report
     c = rep["counts"]

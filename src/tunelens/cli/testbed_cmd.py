@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from tunelens.config import load_config
+from tunelens.cli.recipe import load_recipe
 
 app = typer.Typer(no_args_is_help=True, help="Synthetic world -> tiny pretrained Llama -> IFT variants x seeds.")
 
@@ -24,10 +24,7 @@ def run(
     """
     from tunelens.testbed import TestbedConfig, format_table, run_testbed
 
-    overrides = list(ctx.args)
-    if config is not None and "=" in str(config) and not config.exists():
-        config, overrides = None, [str(config), *overrides]
-    cfg = load_config(TestbedConfig, config, overrides)
+    cfg = load_recipe(TestbedConfig, config, ctx)
     summary = run_testbed(cfg, out)
     con = Console()
     rec = summary["pretrain"]["closed_book_recall"]
