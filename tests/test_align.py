@@ -183,6 +183,7 @@ def _micro(tmp_path, loss="js", **extra) -> str:
     return str(path)
 
 
+@pytest.mark.slow  # minutes of CLI subprocesses / training; runs in CI (make test)
 def test_cli_end_to_end_and_resume_after_kill(tmp_path, run_cli):
     cfg = _micro(tmp_path, "rkl")
     full = run_cli("align", cfg, "--out", tmp_path / "full")

@@ -474,6 +474,7 @@ def test_context_dependency_scores_match_eager_reference(preset):
 
 # --------------------------------------------------------------------------- CLI
 
+@pytest.mark.slow  # minutes of CLI subprocesses / training; runs in CI (make test)
 def test_cli_curate_augment_indicate_chain(tmp_path, run_cli):
     recs = [{"id": f"r{i}", "context": e.meta["context"], "question": e.meta["question"], "answer": e.meta["answer"]}
             for i, e in enumerate(_cities(8))]
@@ -544,6 +545,7 @@ def test_run_prep_chains_steps(tiny):
         run_prep(_cities(4), [{"step": "curate"}])
 
 
+@pytest.mark.slow  # minutes of CLI subprocesses / training; runs in CI (make test)
 def test_sft_runs_prep_from_config(tmp_path):
     from tunelens.config import load_config
     from tunelens.train import SFTConfig, train_sft

@@ -229,6 +229,7 @@ def test_judge_items_from_mt_bench(shared_data):
 
 # --------------------------------------------------------------------------------------------- CLI
 
+@pytest.mark.slow  # minutes of CLI subprocesses / training; runs in CI (make test)
 def test_cli_ifeval_and_refll_end_to_end(run_cli, tmp_path):
     out = tmp_path / "ifeval"
     proc = run_cli("eval", "ifeval", "--model", "tiny-llama", "--out", out, "--limit", "3", "--max-new-tokens", "4")

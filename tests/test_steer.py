@@ -464,6 +464,7 @@ def test_devset_margin_matches_probe_loglik():
         assert abs(float(dev.margin(model)) - expected) < 1e-4
 
 
+@pytest.mark.slow  # minutes of CLI subprocesses / training; runs in CI (make test)
 def test_gradient_attribution_predicts_profiled_gains():
     """One-pass gradient scores predict the gain of steering each head alone (α near 1: first order holds)."""
     from tunelens.steer.select import attribute_heads, profile_heads
@@ -554,6 +555,7 @@ def test_probe_steering_highlights_user_content_only():
     assert "Be brief" not in text and "<|im_start|>" not in text
 
 
+@pytest.mark.slow  # minutes of CLI subprocesses / training; runs in CI (make test)
 def test_cli_probe_with_steering(run_cli, tmp_path):
     heads = tmp_path / "heads.json"
     heads.write_text(json.dumps({"0": [1], "2": [0, 3]}))
@@ -575,6 +577,7 @@ def test_cli_probe_with_steering(run_cli, tmp_path):
     assert bad.returncode == 2 and "heads [7] are out of range" in bad.stderr + bad.stdout
 
 
+@pytest.mark.slow  # minutes of CLI subprocesses / training; runs in CI (make test)
 def test_cli_steer_select_writes_a_reusable_head_file(run_cli, tmp_path):
     out = tmp_path / "sel"
     res = run_cli("steer", "select", "--model", "tiny-llama", "--method", "gradient", "--k", "3", "--dev-n", "4",

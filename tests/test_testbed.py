@@ -212,6 +212,7 @@ def test_tokenizer_covers_the_testbed_words(tmp_path):
         assert len(tok(ex.meta["answer"], add_special_tokens=False)["input_ids"]) == 1
 
 
+@pytest.mark.slow  # minutes of CLI subprocesses / training; runs in CI (make test)
 def test_cli_micro_run_end_to_end(run_cli, tmp_path):
     out = tmp_path / "tb"
     res = run_cli("testbed", "run", "configs/testbed.yaml", "--out", out, f"cache_dir={tmp_path / 'cache'}",
