@@ -10,7 +10,7 @@ import torch
 from tunelens.chat import render
 from tunelens.data.synth.teachers import TeacherResult
 from tunelens.errors import ConfigError, DataError
-from tunelens.evals import (GenerationSettings, IFEvalItem, JudgeItem, RefItem, aggregate, answer_prompts,
+from tunelens.evals import (GenerationSettings, IFEvalItem, JudgeItem, RefItem, answer_prompts,
                             judge_answers, load_ifeval, load_judge_items, load_judge_prompts, load_reference_items,
                             parse_rating, reference_loglik, score_response, score_responses, termination_stats)
 from tunelens.evals.generation import Answer
