@@ -12,12 +12,12 @@ from functools import lru_cache
 import pytest
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 
+from attention_models import PRESETS, left_padded_batch, widened_model
 from tunelens.errors import ConfigError
 from tunelens.models import load_model
-from tunelens.models.presets import tiny_tokenizer
 from tunelens.probes.attention_capture import capture_attention, intercept_attention
 from tunelens.probes.items import load_conflicts
 from tunelens.probes.runner import run
@@ -26,44 +26,17 @@ from tunelens.probes.suites.attention import SPANS, attention_heatmap, prompt_sp
 from tunelens.probes.suites.conflicts import _parts, _prefix
 from tunelens.probes.prompts import build_prompt
 
-PRESETS = ["tiny-llama", "tiny-gpt2", "tiny-gemma3", "gemma3-window"]
-
-
-def _gemma3_window():
-    """Gemma-3 with a 6-token window on alternate layers, so sliding masks really cut (the preset's is 512)."""
-    tok = tiny_tokenizer()
-    cfg = AutoConfig.for_model("gemma3_text", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                               num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                               sliding_window=6, pad_token_id=tok.pad_token_id,
-                               layer_types=["sliding_attention", "full_attention"] * 2)
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval(), tok
-
-
 @lru_cache(maxsize=None)
 def _models(preset: str):
     """(sdpa model, eager copy, tokenizer), weights redrawn wider so attention is far from uniform."""
-    model, tok = _gemma3_window() if preset == "gemma3-window" else load_model(preset)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.15)
+    model, tok = widened_model(preset)
     eager = copy.deepcopy(model)
     eager.set_attn_implementation("eager")
     return model, eager, tok
 
 
 def _batch(lengths=(23, 5, 16), seed=0, pad_id=3):
-    """Left-padded random ids, attention mask (zeros on padding) and position ids."""
-    g = torch.Generator().manual_seed(seed)
-    width = max(lengths)
-    ids = torch.full((len(lengths), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(lengths), width), dtype=torch.long)
-    for i, n in enumerate(lengths):
-        ids[i, width - n:] = torch.randint(10, 8000, (n,), generator=g)
-        mask[i, width - n:] = 1
-    return dict(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+    return left_padded_batch(lengths, seed, pad_id)
 
 
 def _close_on_real_rows(captured: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> None:

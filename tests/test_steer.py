@@ -18,17 +18,14 @@ import torch
 from torch import nn
 from transformers import (
     AttentionInterface,
-    AutoConfig,
-    AutoModelForCausalLM,
     PretrainedConfig,
     PreTrainedModel,
 )
 from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_outputs import CausalLMOutput
 
+from attention_models import PRESETS, left_padded_batch, widened_model
 from tunelens.errors import ConfigError
-from tunelens.models import load_model
-from tunelens.models.presets import tiny_tokenizer
 from tunelens.probes.attention_capture import AttentionCall, attention_bias
 from tunelens.steer import (
     HeadSet,
@@ -40,44 +37,21 @@ from tunelens.steer import (
     steer,
 )
 
-PRESETS = ["tiny-llama", "tiny-gpt2", "tiny-gemma3", "gemma3-window"]
-
-
-def _gemma3_window():
-    """Gemma-3 with a 6-token window on alternate layers, so sliding masks really cut (the preset's is 512)."""
-    tok = tiny_tokenizer()
-    cfg = AutoConfig.for_model("gemma3_text", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                               num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                               sliding_window=6, pad_token_id=tok.pad_token_id,
-                               layer_types=["sliding_attention", "full_attention"] * 2)
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval(), tok
-
-
 @cache
 def _model(preset: str):
     """An sdpa model with weights redrawn wider, so attention is far from uniform and steering shows."""
-    model, tok = _gemma3_window() if preset == "gemma3-window" else load_model(preset)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.15)
+    model, tok = widened_model(preset)
     return model.eval(), tok
 
 
 def _batch(lengths=(19, 7, 13), seed=0, pad_id=3):
-    g = torch.Generator().manual_seed(seed)
+    inputs = left_padded_batch(lengths, seed, pad_id)
     width = max(lengths)
-    ids = torch.full((len(lengths), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(lengths), width), dtype=torch.long)
     hl = torch.zeros((len(lengths), width), dtype=torch.bool)
     for i, n in enumerate(lengths):
-        ids[i, width - n:] = torch.randint(10, 8000, (n,), generator=g)
-        mask[i, width - n:] = 1
         start = width - n + 1 + i % 2  # a different span per row
         hl[i, start:start + max(2, n // 3)] = True
-    return dict(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)), hl
+    return inputs, hl
 
 
 # --------------------------------------------------------------------------- independent reference
