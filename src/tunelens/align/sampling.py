@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tunelens.align.samples import Context, Samples
-from tunelens.probes.engine import autocast_context, left_pad, model_device, pad_token_id
+from tunelens.probes.engine import autocast_context, decode_step, left_pad, model_device, pad_token_id
 
 
 def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
@@ -88,16 +88,7 @@ def _sample_batch(model: PreTrainedModel, prompts: list[list[int]], max_new: int
                 keep.append(k)
         if not keep or step == max_new - 1:
             break
-        if len(keep) < len(active):
-            rows = torch.tensor(keep, device=device)
-            cache.batch_select_indices(rows)
-            mask, plen, nxt = mask[rows], plen[rows], nxt[rows]
-            active = [active[k] for k in keep]
-        mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-        res = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=(plen + step).unsqueeze(1),
-                    past_key_values=cache, use_cache=True)
-        cache = res.past_key_values
-        logits = res.logits[:, -1].float()
+        logits, cache, mask, plen, active = decode_step(model, cache, nxt, mask, plen, step, active, keep)
     return out, logp
 
 

@@ -34,7 +34,7 @@ from tunelens.errors import ConfigError
 from tunelens.progress import progress_bar
 
 __all__ = ["ScoreRequest", "ScoreResult", "Generation", "score_continuations", "generate_greedy", "left_pad",
-           "pad_token_id", "model_device", "autocast_context"]
+           "pad_token_id", "model_device", "autocast_context", "decode_step"]
 
 
 @dataclass
@@ -231,6 +231,23 @@ def generate_greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     return out  # type: ignore[return-value]
 
 
+def decode_step(model: PreTrainedModel, cache: Any, nxt: torch.Tensor, mask: torch.Tensor, plen: torch.Tensor,
+                step: int, active: list[int], keep: list[int]) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor,
+                                                                     list[int]]:
+    """One cached decode step of a left-padded batch: drop the finished rows (``keep``: positions of the live rows
+    to keep), feed each kept row its token ``nxt`` at position ``plen + step``. Returns the fp32 next-token logits
+    and the updated cache, mask, prompt lengths and ``active`` (original row of each live row)."""
+    if len(keep) < len(active):
+        rows = torch.tensor(keep, device=nxt.device)
+        cache.batch_select_indices(rows)
+        mask, plen, nxt = mask[rows], plen[rows], nxt[rows]
+        active = [active[k] for k in keep]
+    mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+    res = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=(plen + step).unsqueeze(1),
+                past_key_values=cache, use_cache=True)
+    return res.logits[:, -1].float(), res.past_key_values, mask, plen, active
+
+
 def _generate_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Sequence[int]],
                     max_new: int, stops: list[str], window: int, eos: set[int], pad: int,
                     device: torch.device) -> list[Generation]:
@@ -256,16 +273,8 @@ def _generate_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
                 keep.append(k)
             if not keep or step == max_new - 1:
                 break
-            if len(keep) < len(active):
-                rows = torch.tensor(keep, device=device)
-                cache.batch_select_indices(rows)
-                mask, plen, nxt = mask[rows], plen[rows], nxt[rows]
-                active = [active[k] for k in keep]
-            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-            res = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=(plen + step).unsqueeze(1),
-                        past_key_values=cache, use_cache=True)
-            cache = res.past_key_values
-            nxt = res.logits[:, -1].float().argmax(-1)
+            logits, cache, mask, plen, active = decode_step(model, cache, nxt, mask, plen, step, active, keep)
+            nxt = logits.argmax(-1)
     return [_finish(tokenizer, g, why, stops) for g, why in zip(gen, stopped)]
 
 
