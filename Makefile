@@ -1,17 +1,18 @@
 # tunelens: two commands do everything on a machine with Python >= 3.11 and pip.
 #
-#   make demo    the main job: a short SFT run of a tiny preset on real instruction data, with a summary
+#   make demo    the main job: the context-parametric inversion testbed (vanilla vs mitigations, 3 seeds),
+#                leaving runs/demo-<timestamp>/ with summary.json, summary.md (the table) and plots
 #   make test    the whole test suite (python -m pytest tests), slow tests included
 #
 # Both create/reuse .venv and install what they need once; a stamp file named after a hash of
 # pyproject.toml (and the torch pin) makes a second run skip the install. Other targets:
 #
 #   make install     only the install step          make test-fast   tests without @pytest.mark.slow
-#   make testbed     the context-parametric inversion testbed (configs/testbed.yaml -> runs/testbed)
+#   make testbed     the same testbed into runs/testbed      make sft-demo    a short SFT run of a tiny preset
 #   make clean-venv  remove .venv                   make help        this text
 #
 # Variables: PYTHON (interpreter that creates .venv, default python3), TORCH_SPEC (default torch==2.13.0),
-# PYTEST_ARGS (extra pytest arguments), DEMO_CONFIG, DEMO_ARGS (key=value overrides for the demo run),
+# PYTEST_ARGS (extra pytest arguments), DEMO_ARGS (key=value overrides for the testbed run), SFT_DEMO_CONFIG,
 # ALLOW_CUDA_TORCH=1 (let pip install a CUDA build of torch; refused by default, it is several GB).
 
 SHELL := /bin/bash
@@ -26,10 +27,11 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell { cat pyproject.toml; echo '$(TORCH_SPEC)'; } | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
-DEMO_CONFIG ?= configs/sft-tiny.yaml
+SFT_DEMO_CONFIG ?= configs/sft-tiny.yaml
+TESTBED_CONFIG ?= configs/testbed.yaml
 DEMO_ARGS ?=
 
-.PHONY: help install demo testbed test test-fast clean-venv
+.PHONY: help install demo sft-demo testbed test test-fast clean-venv
 
 help:
 	@sed -n '1,16p' Makefile | sed 's/^# \{0,1\}//'
@@ -112,16 +114,22 @@ print(f"metrics       {run / 'metrics.jsonl'}  (tensorboard --logdir {run / 'ten
 endef
 export DEMO_SUMMARY_PY
 
+# The main job (issue #4): the testbed end to end, vanilla vs the mitigations, 3 seeds; prints the table.
 demo: install
 	@set -e; run="runs/demo-$$(date +%Y%m%d-%H%M%S)"; \
-	echo "make: $(VENV)/bin/tunelens sft $(DEMO_CONFIG) --out $$run $(DEMO_ARGS)"; \
-	$(VENV)/bin/tunelens sft $(DEMO_CONFIG) --out "$$run" $(DEMO_ARGS); \
+	echo "make: $(VENV)/bin/tunelens testbed run $(TESTBED_CONFIG) --out $$run $(DEMO_ARGS)"; \
+	$(VENV)/bin/tunelens testbed run $(TESTBED_CONFIG) --out "$$run" $(DEMO_ARGS)
+
+sft-demo: install
+	@set -e; run="runs/sft-demo-$$(date +%Y%m%d-%H%M%S)"; \
+	echo "make: $(VENV)/bin/tunelens sft $(SFT_DEMO_CONFIG) --out $$run"; \
+	$(VENV)/bin/tunelens sft $(SFT_DEMO_CONFIG) --out "$$run"; \
 	$(PY) -c "$$DEMO_SUMMARY_PY" "$$run"
 
 # The synthetic testbed (issue #4): pretrains a tiny model on a generated world (cached), fine-tunes the mixture
 # variants with the conflicts probe along training, writes runs/testbed/summary.json, summary.md and plots.
 testbed: install
-	$(VENV)/bin/tunelens testbed run configs/testbed.yaml --out runs/testbed $(DEMO_ARGS)
+	$(VENV)/bin/tunelens testbed run $(TESTBED_CONFIG) --out runs/testbed $(DEMO_ARGS)
 
 # The README's test command. PYTEST_RC_FILE (set by .ci/run) receives pytest's exit code, so a caller can tell
 # "no tests collected" (5) from failures (1) and from an install error (no file written).

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from tunelens.data.schemas import Example
+from tunelens.errors import ConfigError
 from tunelens.probes.items import load_conflicts
 from tunelens.probes.trajectory import TrajectoryCallback, TrajectoryOptions
 from tunelens.testbed import (
@@ -74,6 +75,22 @@ def test_corpus_question_form_only_for_chosen_people(world):
     assert not any(f"{p} born?" in d for d in none for p in world.groups["train"] + world.groups["heldout"])
 
 
+def test_corpus_reading_format(world):
+    story_world = generate_world(WorldConfig(n_story_people=5, **SMALL))
+    story = [d for d in build_corpus(story_world, CorpusConfig(repeats=1, reading_per_repeat=20))
+             if any(p in d.split() for p in story_world.entities["story"])]
+    ctx = [d for d in build_corpus(story_world, CorpusConfig(repeats=1, reading_per_repeat=20, reading_format="context"))
+           if any(p in d.split() for p in story_world.entities["story"])]
+    assert len(story) == len(ctx) == 20
+    assert not any(d.startswith("Context: ") for d in story)
+    assert all(d.startswith("Context: ") and "\nQuestion: " in d for d in ctx)
+    for d in ctx:  # the answer (last line) is one of the objects the context states
+        body, question, answer = d[len("Context: "):].split("\n")
+        assert question.startswith("Question: ") and answer.rstrip(".") in body.replace(".", " ").split()
+    with pytest.raises(ConfigError, match="reading_format"):
+        build_corpus(story_world, CorpusConfig(repeats=1, reading_format="chat"))
+
+
 def test_mixture_labels(world):
     cfg = MixtureConfig(n_examples=400, proportions={"C": 0.3, "C+S": 0.3, "S": 0.3, "generic": 0.1})
     examples = build_mixture(world, cfg, seed=0)
@@ -125,6 +142,17 @@ def test_counterfactual_items_in_conflicts_format(world, tmp_path):
     path.write_text(json.dumps(items))
     loaded = load_conflicts(str(path))
     assert [x.answer for x in loaded] == [it["answer"] for it in items]
+
+
+def test_counterfactual_items_beyond_the_facts_swap_new_objects(world):
+    n_facts = len([f for f in world.facts if f.subject in set(world.groups["heldout"])])
+    first = counterfactual_items(world, n_facts, distractors=1)
+    both = counterfactual_items(world, 2 * n_facts, distractors=1)
+    assert both[:n_facts] == first, "the first pass must not change when more items are asked for"
+    assert len(both) == 2 * n_facts and len({it["id"] for it in both}) == 2 * n_facts
+    for a, b in zip(both[:n_facts], both[n_facts:]):
+        assert a["question"] == b["question"] and a["memory_answer"] == b["memory_answer"]
+        assert b["answer"] not in (a["answer"], a["memory_answer"])
 
 
 def test_mixture_round_trips_through_the_loader(world, tmp_path):
@@ -193,6 +221,9 @@ def test_pretraining_is_cached_by_config_hash(tmp_path):
     assert cache_key(world, corpus, arch, other) != cache_key(world, corpus, arch, cfg)
     assert cache_key(generate_world(WorldConfig(seed=3, **SMALL)), corpus, arch, cfg) != cache_key(world, corpus,
                                                                                                   arch, cfg)
+    # a corpus field added later keeps old keys at its legacy value and changes them otherwise
+    assert cache_key(world, CorpusConfig(repeats=1, reading_format="context"), arch, cfg) != cache_key(
+        world, corpus, arch, cfg)
 
 
 def test_tokenizer_covers_the_testbed_words(tmp_path):
@@ -242,3 +273,32 @@ def test_cli_micro_run_end_to_end(run_cli, tmp_path):
 def test_cli_rejects_unknown_variant(run_cli, tmp_path):
     res = run_cli("testbed", "run", "--out", tmp_path / "x", "variants=[vanilla,bogus]")
     assert res.returncode == 2 and "bogus" in res.stderr
+
+
+def test_run_fingerprint_covers_only_the_variants_own_settings():
+    from tunelens.testbed import TestbedConfig
+    from tunelens.testbed.finetune import run_fingerprint
+
+    a, b = TestbedConfig(), TestbedConfig()
+    b.mitigations.curate_drop_fraction = 0.5
+    b.mitigations.qk_lr = 1e-2
+    assert run_fingerprint(a, "vanilla", 0) == run_fingerprint(b, "vanilla", 0)
+    assert run_fingerprint(a, "indicator", 0) == run_fingerprint(b, "indicator", 0)
+    assert run_fingerprint(a, "curate", 0) != run_fingerprint(b, "curate", 0)
+    assert run_fingerprint(a, "qk", 0) != run_fingerprint(b, "qk", 0)
+    b.finetune.lr = 1.0
+    assert run_fingerprint(a, "vanilla", 0) != run_fingerprint(b, "vanilla", 0)
+
+
+def test_curation_scores_the_raw_question_answer_form(world):
+    from tunelens.data.context import ContextSpec
+    from tunelens.data.curate import target_request
+    from tunelens.testbed.corpus import vocabulary_texts
+    from tunelens.testbed.tokenizer import train_tokenizer
+    from tunelens.testbed.variants import RAW_TEMPLATE
+
+    tok = train_tokenizer(vocabulary_texts(world))
+    for ex in build_mixture(world, MixtureConfig(n_examples=12), seed=0):
+        prompt, target, _, _ = target_request(ex, tok, ContextSpec(missing="as_is"), chat_template=RAW_TEMPLATE)
+        assert tok.decode(prompt) == tok.decode(tok(ex.meta["question"], add_special_tokens=False)["input_ids"])
+        assert tok.decode(target) == ex.meta["answer"]

@@ -10,6 +10,10 @@ from tunelens.testbed.pretrain import ArchConfig, PretrainConfig
 from tunelens.testbed.world import WorldConfig
 
 VARIANTS = ("vanilla", "no_cs_s", "curate", "counterfactual", "qk", "indicator")
+# the mitigation settings each variant reads (a run's fingerprint includes only these)
+VARIANT_SETTINGS = {"vanilla": (), "no_cs_s": (), "curate": ("curate_drop_fraction", "curate_format"),
+                    "counterfactual": ("counterfactual_fraction", "counterfactual_source"), "qk": ("qk_modules", "qk_lr"),
+                    "indicator": ("indicator_beta", "indicator_layer", "indicator_token")}
 
 
 @dataclass
@@ -36,12 +40,14 @@ class EvalConfig:
 @dataclass
 class MitigationConfig:
     curate_drop_fraction: float = 0.25  # curate: drop this share with the lowest no-context target perplexity
+    curate_format: str = "raw"  # raw: score "question answer" as the corpus writes it | chat: the chat template
     counterfactual_fraction: float = 0.1  # counterfactual: add this share of counterfactual-context examples
     counterfactual_source: str = "conflicts"  # conflicts: swapped contexts of train people's facts | substitution
     indicator_beta: float = 0.6  # indicator: flag examples whose context-dependency score exceeds beta
     indicator_layer: int | None = None  # default: the middle layer of the seed model
     indicator_token: str = "[IND]"
     qk_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj"])
+    qk_lr: float | None = None  # learning rate of the qk variant (None: finetune.lr); few parameters train
 
 
 @dataclass
@@ -76,6 +82,8 @@ class TestbedConfig:
             raise ConfigError("eval.every and finetune.steps must be >= 1.")
         if self.mitigations.counterfactual_source not in ("substitution", "conflicts"):
             raise ConfigError("mitigations.counterfactual_source must be substitution or conflicts.")
+        if self.mitigations.curate_format not in ("raw", "chat"):
+            raise ConfigError("mitigations.curate_format must be raw or chat.")
         if not 0 <= self.mitigations.curate_drop_fraction < 1:
             raise ConfigError("mitigations.curate_drop_fraction must lie in [0, 1).")
         self.world.validate()

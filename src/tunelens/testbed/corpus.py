@@ -36,6 +36,7 @@ class CorpusConfig:
     filler_prob: float = 0.3  # chance of a filler sentence after each fact sentence
     reading_per_repeat: int = 100  # reading passages added per rendering of the corpus
     question_form: str = "none"  # people whose facts also appear as "question? answer." : none | train | all
+    reading_format: str = "story"  # story: "facts. question? answer." | context: "Context: facts\nQuestion: q\nanswer."
     seed: int = 0
 
 
@@ -45,8 +46,12 @@ def filler_sentence(rng: random.Random) -> str:
                     m=rng.choice(FILLER_NOUN))
 
 
-def reading_passage(world: World, rng: random.Random) -> str:
-    """A story character's freshly drawn facts, then a question about one of them and its answer."""
+def reading_passage(world: World, rng: random.Random, fmt: str = "story") -> str:
+    """A story character's freshly drawn facts, then a question about one of them and its answer.
+
+    ``fmt="context"`` lays the passage out as the probes' user turn does (``Context: ...\nQuestion: ...``),
+    then the answer on its own line: the plain-text reading-comprehension format web text is full of.
+    """
     from tunelens.testbed.world import RELATIONS
 
     person = rng.choice(world.entities["story"])
@@ -58,7 +63,10 @@ def reading_passage(world: World, rng: random.Random) -> str:
     if rng.random() < 0.5:
         sentences.append(filler_sentence(rng))
     k = rng.randrange(len(rels))
-    return " ".join(sentences) + f" {rels[k].question.format(s=person)} {objects[k]}."
+    question = rels[k].question.format(s=person)
+    if fmt == "context":
+        return f"Context: {' '.join(sentences)}\nQuestion: {question}\n{objects[k]}."
+    return " ".join(sentences) + f" {question} {objects[k]}."
 
 
 def _question_form_subjects(world: World, which: str) -> set[str]:
@@ -79,6 +87,10 @@ def build_corpus(world: World, cfg: CorpusConfig) -> list[str]:
         by_subject.setdefault(f.subject, []).append(f)
     subjects = sorted(by_subject)
     asked = _question_form_subjects(world, cfg.question_form)
+    if cfg.reading_format not in ("story", "context"):
+        from tunelens.errors import ConfigError
+
+        raise ConfigError(f"corpus.reading_format must be story or context, got {cfg.reading_format!r}.")
     docs = []
     for _ in range(cfg.repeats):
         for s in subjects:
@@ -91,7 +103,7 @@ def build_corpus(world: World, cfg: CorpusConfig) -> list[str]:
                 if rng.random() < cfg.filler_prob:
                     sentences.append(filler_sentence(rng))
             docs.append(" ".join(sentences))
-        docs += [reading_passage(world, rng) for _ in range(cfg.reading_per_repeat if world.entities.get("story") else 0)]
+        docs += [reading_passage(world, rng, cfg.reading_format) for _ in range(cfg.reading_per_repeat if world.entities.get("story") else 0)]
     rng.shuffle(docs)
     return docs
 

@@ -31,15 +31,25 @@ from tunelens.testbed.world import Fact, World
 
 def counterfactual_items(world: World, n: int, distractors: int, seed: int = 0,
                          people: str = "heldout") -> list[dict[str, str]]:
-    """Up to ``n`` conflict records about pretrained facts of ``people`` (fields of the conflicts format)."""
+    """Up to ``n`` conflict records about pretrained facts of ``people`` (fields of the conflicts format).
+
+    With ``n`` above the number of facts, each fact appears again with a different swapped object.
+    """
     rng = random.Random(f"tunelens-counterfactual-{people}-{seed}")
     members = set(world.groups[people])
     facts = [f for f in world.facts if f.subject in members]
     rng.shuffle(facts)
-    items = []
-    for i, fact in enumerate(facts[:n]):
-        choices = [v for v in world.values(fact.rel.object_kind) if v != fact.object]
+    items: list[dict[str, str]] = []
+    used: dict[Fact, set[str]] = {}
+    # n beyond the number of facts: further passes swap in objects not used for that fact yet
+    for i in range(min(n, sum(len(world.values(f.rel.object_kind)) - 1 for f in facts))):
+        fact = facts[i % len(facts)]
+        seen = used.setdefault(fact, {fact.object})
+        choices = [v for v in world.values(fact.rel.object_kind) if v not in seen]
+        if not choices:
+            continue
         swapped = Fact(fact.subject, fact.relation, rng.choice(choices))
+        seen.add(swapped.object)
         context = render_context(swapped, _distractors(world, fact, distractors, rng, randomise=False), rng)
         items.append({"id": f"{people}-cf{i}", "context": context, "question": fact.rel.question.format(s=fact.subject),
                       "answer": swapped.object, "memory_answer": fact.object, "relation": fact.relation})

@@ -52,7 +52,8 @@ def make_evaluate(ecfg: EvalConfig, sets: EvalSets, indicator: str | None = None
     return evaluate
 
 
-def sft_config(cfg: TestbedConfig, model_spec: str, data_path: Path, seed: int, finetune: str) -> Any:
+def sft_config(cfg: TestbedConfig, model_spec: str, data_path: Path, seed: int, finetune: str,
+               lr: float | None = None) -> Any:
     from tunelens.train.config import SFTConfig
 
     f = cfg.finetune
@@ -68,7 +69,7 @@ def sft_config(cfg: TestbedConfig, model_spec: str, data_path: Path, seed: int, 
     sft.max_steps = f.steps
     sft.precision = f.precision
     sft.seed = seed
-    sft.optim.lr = f.lr
+    sft.optim.lr = lr or f.lr
     sft.optim.warmup_steps = f.warmup_steps
     sft.optim.schedule = f.schedule
     sft.save_every = 0
@@ -79,13 +80,17 @@ def sft_config(cfg: TestbedConfig, model_spec: str, data_path: Path, seed: int, 
 
 
 def run_fingerprint(cfg: TestbedConfig, variant: str, seed: int) -> str:
-    """Hash of everything that determines one run (not seeds/variants lists, workers, threads, plots, cache)."""
+    """Hash of everything that determines one run (not seeds/variants lists, workers, threads, plots, cache,
+    nor the settings of other variants' mitigations)."""
     import hashlib
     from dataclasses import asdict
+
+    from tunelens.testbed.config import VARIANT_SETTINGS
 
     d = asdict(cfg)
     for k in ("seeds", "variants", "workers", "threads", "pretrain_threads", "plots", "cache_dir"):
         d.pop(k)
+    d["mitigations"] = {k: d["mitigations"][k] for k in VARIANT_SETTINGS[variant]}
     return hashlib.sha256(json.dumps([d, variant, seed], sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -118,7 +123,7 @@ def run_variant(cfg: TestbedConfig, variant: str, seed: int, model_dir: Path, se
                                   TrajectoryOptions(every=cfg.eval.every, track=list(keys),
                                                     reliance="ind/reliance" if prep.indicator else "reliance",
                                                     threshold=cfg.eval.threshold))
-    result = train_sft(sft_config(cfg, prep.model_spec, data_path, seed, prep.finetune), out / "sft",
+    result = train_sft(sft_config(cfg, prep.model_spec, data_path, seed, prep.finetune, prep.lr), out / "sft",
                        callbacks=[callback], force=True)
     record = {"variant": variant, "seed": seed, "fingerprint": fingerprint, "indicator": prep.indicator,
               "prepare": prep.report,

@@ -28,6 +28,7 @@ from tunelens.testbed.world import World
 
 CACHE_ENV = "TUNELENS_TESTBED_CACHE"
 CACHE_VERSION = 1  # bump when the pretraining code changes what it produces
+LEGACY_CORPUS_DEFAULTS = {"reading_format": "story"}  # keeps cache keys of models pretrained before the field
 
 
 @dataclass
@@ -59,7 +60,11 @@ def default_cache_dir() -> Path:
 
 def cache_key(world: World, corpus: CorpusConfig, arch: ArchConfig, cfg: PretrainConfig) -> str:
     """Hash of everything that determines the pretrained model (the world by its content)."""
-    blob = json.dumps({"world": world.fingerprint(), "corpus": asdict(corpus), "arch": asdict(arch),
+    corpus_key = asdict(corpus)
+    for name, legacy in LEGACY_CORPUS_DEFAULTS.items():  # fields added later: absent at their old behaviour
+        if corpus_key.get(name) == legacy:
+            corpus_key.pop(name)
+    blob = json.dumps({"world": world.fingerprint(), "corpus": corpus_key, "arch": asdict(arch),
                        "pretrain": asdict(cfg), "version": CACHE_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

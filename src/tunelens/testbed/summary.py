@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from statistics import mean, stdev
 from typing import Any
 
-TABLE_KEYS = ("reliance_initial", "reliance_peak", "step_of_peak", "reliance_final", "inversion", "id_acc_final",
-              "id_acc_at_peak", "closed_book_final")
+TABLE_KEYS = ("reliance_initial", "reliance_peak", "step_of_peak", "reliance_final", "rise", "inversion",
+              "id_acc_final", "id_acc_at_peak", "closed_book_final")
 
 
 def _value_at(points: Sequence[dict[str, Any]], key: str, step: int) -> float:
@@ -29,8 +29,8 @@ def run_summary(record: dict[str, Any]) -> dict[str, Any]:
     points = traj["points"]
     out = {"variant": record["variant"], "seed": record["seed"], "reliance_initial": rel["initial"],
            "reliance_peak": rel["peak"], "step_of_peak": rel["step_of_peak"], "reliance_final": rel["final"],
-           "inversion": rel["inversion"], "inverted": rel["inverted"], "id_acc_initial": acc["initial"],
-           "id_acc_final": acc["final"], "id_acc_at_peak": _value_at(points, prefix + "id_acc", rel["step_of_peak"]),
+           "rise": rel["peak"] - rel["initial"], "inversion": rel["inversion"], "inverted": rel["inverted"],
+           "id_acc_initial": acc["initial"], "id_acc_final": acc["final"], "id_acc_at_peak": _value_at(points, prefix + "id_acc", rel["step_of_peak"]),
            "closed_book_final": traj["metrics"].get(prefix + "closed_book", {}).get("final", math.nan),
            "final_loss": record.get("final_loss"), "train_s": record.get("train_s"),
            "prepare": record.get("prepare", {})}
@@ -88,15 +88,16 @@ def reproduction_checks(runs: Sequence[dict[str, Any]], threshold: float) -> dic
 
 def format_table(table: dict[str, dict[str, Any]]) -> str:
     """A markdown table: per variant, mean +- sd of the headline numbers and the change from vanilla."""
-    head = ("| variant | seeds | reliance peak | step of peak | final reliance | inversion | final ID acc | "
-            "d final reliance | d inversion | d ID acc |")
-    lines = [head, "|" + "---|" * 10]
+    head = ("| variant | seeds | reliance initial | reliance peak | step of peak | final reliance | inversion | "
+            "final ID acc | d final reliance | d inversion | d ID acc |")
+    lines = [head, "|" + "---|" * 11]
     def ms(row: dict[str, Any], k: str, fmt: str = ".3f") -> str:
         return f"{row[k]['mean']:{fmt}} ± {row[k]['sd']:{fmt}}"
 
     for name, row in table.items():
         d = row.get("vs_vanilla", {})
-        lines.append(f"| {name} | {len(row['seeds'])} | {ms(row, 'reliance_peak')} | {ms(row, 'step_of_peak', '.0f')} | "
+        lines.append(f"| {name} | {len(row['seeds'])} | {ms(row, 'reliance_initial')} | {ms(row, 'reliance_peak')} | "
+                     f"{ms(row, 'step_of_peak', '.0f')} | "
                      f"{ms(row, 'reliance_final')} | {ms(row, 'inversion')} | {ms(row, 'id_acc_final')} | "
                      f"{d.get('reliance_final', math.nan):+.3f} | {d.get('inversion', math.nan):+.3f} | "
                      f"{d.get('id_acc_final', math.nan):+.3f} |")

@@ -23,6 +23,8 @@ from tunelens.testbed.mixtures import build_mixture, drop_kinds, kind_counts
 from tunelens.testbed.world import World
 
 CONTEXT_TEMPLATE = "Context: {context}\nQuestion: {question}"  # the mixture's (and the probe's) user turn
+# The pretrained model has never seen the chat template: curation scores "question answer" as its corpus writes it.
+RAW_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% if not loop.last %} {% endif %}{% endfor %}"
 
 
 @dataclass
@@ -31,6 +33,7 @@ class PreparedVariant:
     model_spec: str
     finetune: str = "full"
     indicator: str | None = None  # probes also run with this suffix
+    lr: float | None = None  # overrides finetune.lr
     report: dict[str, Any] = field(default_factory=dict)
 
 
@@ -49,18 +52,21 @@ def prepare_variant(name: str, cfg: TestbedConfig, world: World, seed: int, mode
         return PreparedVariant(examples, str(model_dir), report={"kinds": kind_counts(examples)})
     examples = build_mixture(world, cfg.mixture, seed)
     if name in ("vanilla", "qk"):
-        return PreparedVariant(examples, str(model_dir), "qk" if name == "qk" else "full",
-                               report={"kinds": kind_counts(examples)})
+        if name == "qk":
+            return PreparedVariant(examples, str(model_dir), "qk", lr=m.qk_lr,
+                                   report={"kinds": kind_counts(examples), "lr": m.qk_lr or cfg.finetune.lr})
+        return PreparedVariant(examples, str(model_dir), report={"kinds": kind_counts(examples)})
     if name == "curate":
         from tunelens.data.context import ContextSpec
         from tunelens.data.curate import curate_by_parametric_perplexity
 
         model, tok = _load(model_dir)
         rep = curate_by_parametric_perplexity(examples, model, tok, m.curate_drop_fraction, batch_size=64, bf16=True,
-                                              spec=ContextSpec(missing="as_is"), progress=False)
+                                              spec=ContextSpec(missing="as_is"), progress=False,
+                                              chat_template=RAW_TEMPLATE if m.curate_format == "raw" else None)
         return PreparedVariant(rep.kept, str(model_dir), report={
             "kinds": kind_counts(rep.kept), "dropped_kinds": kind_counts(rep.dropped),
-            "drop_fraction": m.curate_drop_fraction, "n_dropped": len(rep.dropped)})
+            "drop_fraction": m.curate_drop_fraction, "n_dropped": len(rep.dropped), "format": m.curate_format})
     if name == "counterfactual":
         from tunelens.data.augment import augment_counterfactual
 
