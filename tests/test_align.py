@@ -279,3 +279,24 @@ def test_context_offset_and_limit_select_a_window_of_items():
     assert [c.text for c in texts] == [c.text for c in build_contexts(ContextConfig(source="texts", texts=["b", "c"]), tok)]
     with pytest.raises(ConfigError, match="from offset 3"):
         build_contexts(ContextConfig(source="texts", texts=["a", "b", "c"], offset=3), tok)
+
+
+def test_zero_acceptance_drop_lists_the_context_and_errors_when_none_is_left():
+    from tunelens.align.evaluate import probe_base
+    from tunelens.align.scoring import AlignModels
+    from tunelens.models import load_model
+
+    model, tok = load_model("tiny-llama")
+    models = AlignModels(model, tok, model, micro_batch=16, bf16=False)
+    contexts = [Context(0, (1,)), Context(1, (2,)), Context(2, (3,))]
+    only_first = Target([Pointwise(Feature("first", lambda s: [float(c.index == 0) for c in s.contexts]))])
+    common = dict(n_per_context=4, max_new_tokens=3, seed=0)
+    with pytest.raises(TargetError, match="zero acceptance.*context 1.*zero_acceptance=drop"):
+        probe_base(models, only_first, contexts, PartitionEstimator(3), **common)
+    z = PartitionEstimator(3)
+    report = probe_base(models, only_first, contexts, z, drop_unaccepted=True, **common)
+    assert report["dropped_contexts"] == [1, 2] and report["contexts"][0]["acceptance"] == 1.0
+    assert z.log_z(0) == pytest.approx(0.0)  # every sample of context 0 is accepted: Z_0 = 1
+    never = Target([Pointwise(Feature("never", lambda s: [0.0] * len(s)))])
+    with pytest.raises(TargetError, match="nor of any other context"):
+        probe_base(models, never, contexts, PartitionEstimator(3), drop_unaccepted=True, **common)

@@ -53,6 +53,7 @@ class AlignConfig:
     micro_batch: int = 64  # rows per forward pass (sampling and scoring)
     max_new_tokens: int = 20
     probe_samples: int = 512  # per context, drawn from the base at start: Ẑ initialisation, λ fitting
+    zero_acceptance: str = "error"  # a context none of whose probe samples is accepted: error | drop (not trained)
     fit_tol: float = 1e-4
     eval_every: int = 10
     eval_samples: int = 256  # per evaluation context
@@ -76,6 +77,8 @@ class AlignConfig:
             (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"),
             (self.baseline in BASELINES, f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}"),
             (self.baseline != "exact" or self.loss == "fkl", "baseline=exact exists only for loss=fkl"),
+            (self.zero_acceptance in ("error", "drop"),
+             f"zero_acceptance must be error or drop, got {self.zero_acceptance!r}"),
             (self.proposal in PROPOSALS, f"proposal must be one of {', '.join(PROPOSALS)}, got {self.proposal!r}"),
             (self.contexts.source in CONTEXT_SOURCES,
              f"contexts.source must be one of {', '.join(CONTEXT_SOURCES)}, got {self.contexts.source!r}"),

@@ -137,7 +137,6 @@ def train_align(cfg: AlignConfig, out: str | Path, force: bool = False) -> Align
     seed_everything(cfg.seed)
     models = _load_models(cfg, acc.device)
     contexts = build_contexts(cfg.contexts, models.tokenizer)
-    eval_ctx = contexts[: max(1, cfg.eval_contexts)]
     target = build_target(cfg.target)
     div = get_divergence(cfg.loss, cfg.alpha)
     z = PartitionEstimator(len(contexts))
@@ -155,13 +154,18 @@ def train_align(cfg: AlignConfig, out: str | Path, force: bool = False) -> Align
         z.load_state_dict(st["z"])
         baseline.load_state_dict(st["baseline"])
         target.load_state(st["lambdas"])
+        dropped = set(st.get("dropped_contexts", []))
         if st.get("proposal_active"):
             models.load_proposal(load_file(str(resume_from / "proposal.safetensors")))
     else:
         report = probe_base(models, target, contexts, z, n_per_context=cfg.probe_samples,
-                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1, fit_tol=cfg.fit_tol)
+                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1, fit_tol=cfg.fit_tol,
+                            drop_unaccepted=cfg.zero_acceptance == "drop")
+        dropped = set(report["dropped_contexts"])
         if dist.is_main:
             (out / "target.json").write_text(json.dumps(report, indent=2, default=float), encoding="utf-8")
+    contexts = [c for c in contexts if c.index not in dropped]  # Ẑ_c and baselines stay keyed by c.index
+    eval_ctx = contexts[: max(1, cfg.eval_contexts)]
     logger = MetricsLogger(out, enabled=dist.is_main, tensorboard=cfg.tensorboard,
                            resume_step=start if resume_from is not None else None)
     if resume_from is None:
@@ -176,6 +180,7 @@ def train_align(cfg: AlignConfig, out: str | Path, force: bool = False) -> Align
     def checkpoint(step: int) -> None:
         state = {"samples_seen": samples_seen, "z": z.state_dict(), "baseline": baseline.state_dict(),
                  "lambdas": target.state(), "initial": initial, "last_eval": final,
+                 "dropped_contexts": sorted(dropped),
                  "proposal_active": models.proposal_model is not None}
         path = save_checkpoint(checkpoints, step, models.policy, optimizer, scheduler, state, rank=dist.rank,
                                world_size=dist.world, barrier=dist.barrier)
