@@ -5,6 +5,7 @@ table of alignment, KL(p‖π), JS(π‖p), KL(π‖a) and Distinct-2 at the end
 
     PYTHONPATH=src python benchmarks/align_reproduce.py configs/align-prose-pointwise.yaml --out runs/repro \
         --losses fkl rkl js tv --seeds 0 1 2 [--set key=value ...] [--per-loss fkl:optim.lr=3e-4 ...]
+    PYTHONPATH=src python benchmarks/align_reproduce.py --merge runs/repro-a runs/repro-b   # one table of both
 
 ``--per-loss LOSS:key=value`` applies an override to one loss only (e.g. the learning rate each loss was tuned
 to); the number of steps and samples must stay equal across losses for the comparison to mean anything.
@@ -25,13 +26,22 @@ KEYS = ["rate/all_constraints", "kl_p_pi_base", "kl_p_pi", "js", "tv", "kl_pi_a"
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("config")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("config", nargs="?")
+    ap.add_argument("--out")
+    ap.add_argument("--merge", nargs="+", help="only print the table of these earlier --out directories together")
     ap.add_argument("--losses", nargs="+", default=["fkl", "rkl", "js", "tv"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--set", nargs="*", default=[], dest="overrides", help="config overrides key=value")
     ap.add_argument("--per-loss", nargs="*", default=[], help="LOSS:key=value overrides for one loss")
     args = ap.parse_args()
+    if args.merge:
+        rows = {}
+        for d in args.merge:
+            rows.update(json.loads((Path(d) / "results.json").read_text()))
+        print(table(rows, list(dict.fromkeys(r["loss"] for r in rows.values()))))
+        return
+    if not (args.config and args.out):
+        ap.error("config and --out are required (unless --merge)")
     per_loss: dict[str, list[str]] = {}
     for item in args.per_loss:
         loss, sep, kv = item.partition(":")
