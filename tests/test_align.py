@@ -243,3 +243,60 @@ def test_lora_with_fixed_and_adaptive_proposals(tmp_path):
         assert train[-1]["pi_over_q/ess_fraction"] < 1.0
         assert res.final["kl_pi_a"] > 0
         assert ("proposal_swapped" in train[-1]) == (proposal == "adaptive")
+
+
+def test_kl_p_pi_from_base_samples_matches_the_exact_value():
+    from tunelens.align.metrics import kl_p_pi_from_base
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.tensor([0.4, 0.3, 0.2, 0.05, 0.05], dtype=torch.float64)
+    pi = torch.tensor([0.1, 0.1, 0.3, 0.4, 0.1], dtype=torch.float64)
+    factor = torch.tensor([0.0, 1.0, 1.0, 1.0, 0.5], dtype=torch.float64)  # P = a·factor; x0 outside the support
+    p = a * factor / (a * factor).sum()
+    ok = p > 0
+    exact = float((p[ok] * (p[ok] / pi[ok]).log()).sum())
+    x = torch.multinomial(a, 200_000, replacement=True, generator=g)
+    log_f = factor.log()[x]
+    ctx = [0] * len(x)
+    est = kl_p_pi_from_base(pi.log()[x], a.log()[x], log_f, ctx)
+    assert est["kl_p_pi_base"] == pytest.approx(exact, abs=0.01)
+    assert est["z_base"] == pytest.approx(float((a * factor).sum()), abs=0.005)
+    none = kl_p_pi_from_base(pi.log()[x[:3]], a.log()[x[:3]], torch.full((3,), -math.inf), [0, 0, 0])
+    assert math.isnan(none["kl_p_pi_base"]) and none["kl_p_pi_base_contexts"] == 0.0
+
+
+def test_context_offset_and_limit_select_a_window_of_items():
+    from tunelens.align.config import ContextConfig
+    from tunelens.align.contexts import build_contexts
+    from tunelens.models import load_model
+
+    _, tok = load_model("tiny-llama")
+    whole = build_contexts(ContextConfig(source="conflicts", path="world_facts", limit=6), tok)
+    window = build_contexts(ContextConfig(source="conflicts", path="world_facts", offset=4, limit=2), tok)
+    assert [c.meta["id"] for c in window] == [c.meta["id"] for c in whole[4:6]]
+    assert [c.index for c in window] == [0, 1]  # indices key Ẑ_c within the run
+    texts = build_contexts(ContextConfig(source="texts", texts=["a", "b", "c"], offset=1), tok)
+    assert [c.text for c in texts] == [c.text for c in build_contexts(ContextConfig(source="texts", texts=["b", "c"]), tok)]
+    with pytest.raises(ConfigError, match="from offset 3"):
+        build_contexts(ContextConfig(source="texts", texts=["a", "b", "c"], offset=3), tok)
+
+
+def test_zero_acceptance_drop_lists_the_context_and_errors_when_none_is_left():
+    from tunelens.align.evaluate import probe_base
+    from tunelens.align.scoring import AlignModels
+    from tunelens.models import load_model
+
+    model, tok = load_model("tiny-llama")
+    models = AlignModels(model, tok, model, micro_batch=16, bf16=False)
+    contexts = [Context(0, (1,)), Context(1, (2,)), Context(2, (3,))]
+    only_first = Target([Pointwise(Feature("first", lambda s: [float(c.index == 0) for c in s.contexts]))])
+    common = dict(n_per_context=4, max_new_tokens=3, seed=0)
+    with pytest.raises(TargetError, match="zero acceptance.*context 1.*zero_acceptance=drop"):
+        probe_base(models, only_first, contexts, PartitionEstimator(3), **common)
+    z = PartitionEstimator(3)
+    report = probe_base(models, only_first, contexts, z, drop_unaccepted=True, **common)
+    assert report["dropped_contexts"] == [1, 2] and report["contexts"][0]["acceptance"] == 1.0
+    assert z.log_z(0) == pytest.approx(0.0)  # every sample of context 0 is accepted: Z_0 = 1
+    never = Target([Pointwise(Feature("never", lambda s: [0.0] * len(s)))])
+    with pytest.raises(TargetError, match="nor of any other context"):
+        probe_base(models, never, contexts, PartitionEstimator(3), drop_unaccepted=True, **common)

@@ -20,12 +20,14 @@ class ContextConfig:
 
     ``none``: a single empty context (the BOS token); ``texts``: the strings in ``texts``, rendered with the
     prompt ``variant`` (raw | chat | alpaca | tulu); ``conflicts``: knowledge-conflict items (``path``: a
-    built-in name such as world_facts, or a file), prompt = context + question, meta = answers.
+    built-in name such as world_facts, or a file), prompt = context + question, meta = answers. ``offset`` and
+    ``limit`` select items ``[offset, offset + limit)`` of the source.
     """
 
     source: str = "none"
     texts: list[str] = field(default_factory=list)
     path: Optional[str] = None
+    offset: int = 0  # skip the first N items/texts (e.g. hold them out for a before/after probe)
     limit: Optional[int] = None
     variant: str = "raw"
     system: Optional[str] = None
@@ -51,10 +53,12 @@ class AlignConfig:
     micro_batch: int = 64  # rows per forward pass (sampling and scoring)
     max_new_tokens: int = 20
     probe_samples: int = 512  # per context, drawn from the base at start: Ẑ initialisation, λ fitting
+    zero_acceptance: str = "error"  # a context none of whose probe samples is accepted: error | drop (not trained)
     fit_tol: float = 1e-4
     eval_every: int = 10
     eval_samples: int = 256  # per evaluation context
     eval_contexts: int = 4  # the first N contexts are evaluated
+    eval_base_samples: int = 0  # > 0: also KL(p‖π) on this many base samples per context (kl_p_pi_base)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, schedule="constant", weight_decay=0.0))
     finetune: str = "full"  # full | lora
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -73,6 +77,8 @@ class AlignConfig:
             (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"),
             (self.baseline in BASELINES, f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}"),
             (self.baseline != "exact" or self.loss == "fkl", "baseline=exact exists only for loss=fkl"),
+            (self.zero_acceptance in ("error", "drop"),
+             f"zero_acceptance must be error or drop, got {self.zero_acceptance!r}"),
             (self.proposal in PROPOSALS, f"proposal must be one of {', '.join(PROPOSALS)}, got {self.proposal!r}"),
             (self.contexts.source in CONTEXT_SOURCES,
              f"contexts.source must be one of {', '.join(CONTEXT_SOURCES)}, got {self.contexts.source!r}"),
@@ -83,10 +89,12 @@ class AlignConfig:
             (self.samples_per_context >= 2, "samples_per_context must be >= 2"),
             (self.contexts_per_step >= 1, "contexts_per_step must be >= 1"),
             (self.micro_batch >= 1, "micro_batch must be >= 1"),
+            (self.contexts.offset >= 0, "contexts.offset must be >= 0"),
             (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
             (self.probe_samples >= 1, "probe_samples must be >= 1"),
             (self.eval_every >= 0, "eval_every must be >= 0 (0: only at start and end)"),
             (self.eval_samples >= 2, "eval_samples must be >= 2"),
+            (self.eval_base_samples >= 0, "eval_base_samples must be >= 0 (0: off)"),
             (self.max_steps >= 1, "max_steps must be >= 1"),
             (self.max_log_ratio > 0, "max_log_ratio must be > 0"),
             (self.optim.lr > 0, "optim.lr must be > 0"),

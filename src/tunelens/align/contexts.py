@@ -15,6 +15,11 @@ def _start_token(tokenizer: Any) -> int:
     raise ConfigError("contexts.source=none needs a tokenizer with a BOS or EOS token to start sampling from.")
 
 
+def _window(seq: list, cfg: ContextConfig) -> list:
+    stop = cfg.offset + cfg.limit if cfg.limit else None
+    return list(seq[cfg.offset:stop])
+
+
 def build_contexts(cfg: ContextConfig, tokenizer: Any) -> list[Context]:
     """The run's contexts, in a fixed order (their index is the key of Ẑ_c and of per-context baselines)."""
     if cfg.source == "none":
@@ -24,7 +29,9 @@ def build_contexts(cfg: ContextConfig, tokenizer: Any) -> list[Context]:
     if cfg.source == "texts":
         if not cfg.texts:
             raise ConfigError("contexts.source=texts needs contexts.texts (a list of prompts).")
-        texts = cfg.texts[: cfg.limit] if cfg.limit else cfg.texts
+        texts = _window(cfg.texts, cfg)
+        if not texts:
+            raise ConfigError(f"contexts: no texts left from offset {cfg.offset} (of {len(cfg.texts)}).")
         out = []
         for i, text in enumerate(texts):
             p = build_prompt(cfg.variant, text, tokenizer, system=cfg.system)
@@ -33,7 +40,10 @@ def build_contexts(cfg: ContextConfig, tokenizer: Any) -> list[Context]:
     if cfg.source == "conflicts":
         from tunelens.probes.items import load_conflicts
 
-        items = load_conflicts(cfg.path or "world_facts", limit=cfg.limit)
+        items = _window(load_conflicts(cfg.path or "world_facts",
+                                       limit=cfg.offset + cfg.limit if cfg.limit else None), cfg)
+        if not items:
+            raise ConfigError(f"contexts: no conflict items in {cfg.path or 'world_facts'!r} from offset {cfg.offset}.")
         out = []
         for i, it in enumerate(items):
             parts = [("other", "Context: "), ("context", it.context), ("other", "\nQuestion: "), ("question", it.question)] \

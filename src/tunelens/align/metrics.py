@@ -85,6 +85,34 @@ def divergences(log_pi: torch.Tensor, log_p: torch.Tensor, context_index: Sequen
     return out
 
 
+def kl_p_pi_from_base(log_pi: torch.Tensor, log_a: torch.Tensor, log_factor: torch.Tensor,
+                      context_index: Sequence[int]) -> dict[str, float]:
+    """KL(p‖π) from samples of the base a, self-normalised, averaged over contexts.
+
+    With weights w = P/a = Π factors, E_p[g] = E_a[w·g] / E_a[w]; Z_c is estimated on the same samples
+    (``z_base``). For a pointwise target the accepted base samples are exact draws from p, so unlike the
+    policy-sample estimates this one stays meaningful however far π has drifted from the support.
+    Contexts with no accepted sample are skipped (``kl_p_pi_base_contexts`` counts the others).
+    """
+    idx = torch.tensor(list(context_index))
+    kls, zs = [], []
+    for c in sorted(set(idx.tolist())):
+        sel = idx == c
+        lf = log_factor[sel].double()
+        ok = torch.isfinite(lf)
+        if not ok.any():
+            continue
+        log_w = lf[ok]
+        w = torch.exp(log_w - torch.logsumexp(log_w, 0))
+        log_z = float(torch.logsumexp(log_w, 0)) - math.log(int(sel.sum()))
+        log_p = log_a[sel][ok].double() + log_w - log_z
+        kls.append(float((w * (log_p - log_pi[sel][ok].double())).sum()))
+        zs.append(math.exp(log_z))
+    if not kls:
+        return {"kl_p_pi_base": math.nan, "kl_p_pi_base_contexts": 0.0}
+    return {"kl_p_pi_base": sum(kls) / len(kls), "z_base": sum(zs) / len(zs), "kl_p_pi_base_contexts": float(len(kls))}
+
+
 def policy_metrics(log_pi: torch.Tensor, log_a: torch.Tensor, lengths: Sequence[int],
                    token_lists: Sequence[Sequence[int]]) -> dict[str, float]:
     """KL(π‖a), sequence entropy and per-token entropy (Monte-Carlo), Distinct-1/2/3 and Self-BLEU-4."""

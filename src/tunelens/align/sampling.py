@@ -3,8 +3,11 @@
 :func:`sample` draws continuations from a causal LM exactly as the model defines them (temperature 1, no
 top-k/top-p: the policy whose gradient is estimated must be the one sampled), stopping a row at an EOS token
 (kept as the last token: its probability is part of log π(x)) or after ``max_new_tokens``. It returns the
-log-probability of every sampled continuation as computed while sampling. :func:`sequence_logprobs` scores
-given continuations with one teacher-forced forward per micro-batch (with or without gradient).
+log-probability of every sampled continuation as computed while sampling. Row i's token t is drawn by inverse
+CDF from the uniform ``U[i, t]`` of one (n, max_new_tokens) matrix, so a row's draw does not depend on which
+other rows share its micro-batch or process: a data-parallel run that gives each process a slice of the global
+matrix samples exactly what one process would. :func:`sequence_logprobs` scores given continuations with one
+teacher-forced forward per micro-batch (with or without gradient).
 """
 from __future__ import annotations
 
@@ -39,9 +42,17 @@ def decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], eos: set[int]
 @torch.no_grad()
 def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, contexts: Sequence[Context], *,
            max_new_tokens: int, batch_size: int = 64, bf16: bool = False,
-           generator: torch.Generator | None = None) -> Sampled:
-    """One continuation per entry of ``contexts`` (repeat a context to draw several), in input order."""
+           generator: torch.Generator | None = None, uniforms: torch.Tensor | None = None) -> Sampled:
+    """One continuation per entry of ``contexts`` (repeat a context to draw several), in input order.
+
+    ``uniforms``: the (len(contexts), max_new_tokens) float64 matrix of U(0, 1) draws to use; by default it is
+    drawn from ``generator``.
+    """
     device, pad, eos = model_device(model), pad_token_id(model, tokenizer), eos_ids(model, tokenizer)
+    if uniforms is None:
+        uniforms = torch.rand(len(contexts), max_new_tokens, dtype=torch.float64, generator=generator)
+    elif tuple(uniforms.shape) != (len(contexts), max_new_tokens):
+        raise ValueError(f"uniforms has shape {tuple(uniforms.shape)}, expected ({len(contexts)}, {max_new_tokens})")
     tokens: list[list[int]] = []
     logps: list[torch.Tensor] = []
     was_training = model.training
@@ -51,7 +62,7 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, contexts:
             for i in range(0, len(contexts), batch_size):
                 chunk = contexts[i:i + batch_size]
                 t, lp = _sample_batch(model, [list(c.prompt_ids) for c in chunk], max_new_tokens, eos, pad, device,
-                                      generator)
+                                      uniforms[i:i + batch_size])
                 tokens.extend(t)
                 logps.append(lp)
     finally:
@@ -62,7 +73,7 @@ def sample(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, contexts:
 
 
 def _sample_batch(model: PreTrainedModel, prompts: list[list[int]], max_new: int, eos: set[int], pad: int,
-                  device: torch.device, generator: torch.Generator | None) -> tuple[list[list[int]], torch.Tensor]:
+                  device: torch.device, uniforms: torch.Tensor) -> tuple[list[list[int]], torch.Tensor]:
     n = len(prompts)
     out: list[list[int]] = [[] for _ in range(n)]
     logp = torch.zeros(n, dtype=torch.float64)
@@ -76,7 +87,7 @@ def _sample_batch(model: PreTrainedModel, prompts: list[list[int]], max_new: int
         lsm = torch.log_softmax(logits, -1)
         # inverse-CDF draw: one uniform per row (torch.multinomial and per-token noise are ~20x slower on CPU)
         cdf = torch.cumsum(lsm.double().exp(), -1)
-        u = torch.rand(len(active), 1, dtype=torch.float64, generator=generator).to(device) * cdf[:, -1:]
+        u = uniforms[active, step].unsqueeze(1).to(device) * cdf[:, -1:]
         nxt = torch.searchsorted(cdf, u).squeeze(1).clamp(max=cdf.shape[-1] - 1)
         tok_lp = lsm.gather(-1, nxt.unsqueeze(-1)).squeeze(-1).double().cpu()
         keep = []

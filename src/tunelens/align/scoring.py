@@ -53,10 +53,10 @@ class AlignModels:
                 yield m
 
     def sample(self, which: str, contexts: Sequence[Context], max_new_tokens: int,
-               generator: torch.Generator) -> Sampled:
+               generator: torch.Generator | None = None, uniforms: torch.Tensor | None = None) -> Sampled:
         with self.model_for(which) as m:
             return sample(m, self.tokenizer, contexts, max_new_tokens=max_new_tokens, batch_size=self.micro_batch,
-                          bf16=self.bf16, generator=generator)
+                          bf16=self.bf16, generator=generator, uniforms=uniforms)
 
     def score(self, which: str, samples: Samples) -> torch.Tensor:
         with self.model_for(which) as m:

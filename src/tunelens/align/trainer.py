@@ -84,6 +84,37 @@ def _step_contexts(cfg: AlignConfig, n_contexts: int, step: int) -> list[int]:
     return sorted(rng.choice(n_contexts, size=k, replace=False).tolist())
 
 
+def _local_rows(cfg: AlignConfig, contexts: list, ctx_ids: list[int], step: int,
+                dist: _Dist) -> tuple[list, torch.Tensor, int]:
+    """This process's contiguous slice of the step's rows, their sampling uniforms, and the slice's offset.
+
+    The step's global rows (each context repeated ``samples_per_context`` times) and one uniform matrix for all
+    of them come from (seed, step) alone, so the gathered samples of N processes are exactly the samples one
+    process would draw, in the same order.
+    """
+    rows = [contexts[c] for c in ctx_ids for _ in range(cfg.samples_per_context)]
+    per = len(rows) // dist.world
+    lo = dist.rank * per
+    gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, step]).integers(2**62)))
+    uniforms = torch.rand(len(rows), cfg.max_new_tokens, dtype=torch.float64, generator=gen)
+    return rows[lo:lo + per], uniforms[lo:lo + per], lo
+
+
+def _check_replicas_agree(acc: Any, dist: _Dist, z: PartitionEstimator, baseline: Baseline, step: int) -> None:
+    """Every process must hold the same Ẑ and baseline state (they all update from the gathered samples)."""
+    if dist.world == 1:
+        return
+    hist = baseline.state_dict()  # fixed-length digest: the gather needs equal shapes even when states differ
+    state = [*(v if math.isfinite(v) else -1e300 for v in z.log_sum), *map(float, z.count),
+             float(sum(sum(h) for h in hist.values())), float(sum(len(h) for h in hist.values()))]
+    mine = torch.tensor(state, dtype=torch.float64)
+    every = _gather(acc, dist.world, mine.unsqueeze(0))
+    if not torch.equal(every.min(0).values, every.max(0).values):
+        raise TrainingError(f"f-DPG step {step}: processes disagree on Ẑ / baseline state "
+                            f"(max spread {float((every.max(0).values - every.min(0).values).max()):.3g}); the "
+                            "estimates must come from the gathered samples of every process.")
+
+
 def _gather(acc: Any, world: int, t: torch.Tensor) -> torch.Tensor:
     if world == 1:
         return t
@@ -100,35 +131,41 @@ def train_align(cfg: AlignConfig, out: str | Path, force: bool = False) -> Align
     dist = _Dist(acc)
     if cfg.samples_per_context % dist.world:
         raise ConfigError(f"samples_per_context ({cfg.samples_per_context}) must be divisible by the number of "
-                          f"processes ({dist.world}).")
+                          f"processes ({dist.world}): each process draws an equal slice of every step's samples.")
     resume_from = prepare_run_dir(out, cfg, force=force, is_main=dist.is_main)
     dist.barrier()
     seed_everything(cfg.seed)
     models = _load_models(cfg, acc.device)
     contexts = build_contexts(cfg.contexts, models.tokenizer)
-    eval_ctx = contexts[: max(1, cfg.eval_contexts)]
     target = build_target(cfg.target)
     div = get_divergence(cfg.loss, cfg.alpha)
     z = PartitionEstimator(len(contexts))
     baseline = Baseline(cfg.baseline, cfg.loss, cfg.baseline_window, cfg.baseline_per_context)
     optimizer = build_optimizer(trainable_parameters(models.policy), cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.max_steps, cfg.optim)
-    ev = dict(n_per_context=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + EVAL_SEED_OFFSET)
+    ev = dict(n_per_context=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + EVAL_SEED_OFFSET,
+              n_base=cfg.eval_base_samples)
 
-    start, samples_seen, initial = 0, 0, {}
+    start, samples_seen, initial, last_eval = 0, 0, {}, None
     if resume_from is not None:
         st = load_checkpoint(resume_from, models.policy, optimizer, scheduler, rank=dist.rank)
         start, samples_seen, initial = int(st["step"]), int(st["samples_seen"]), st["initial"]
+        last_eval = st.get("last_eval")  # the evaluation a finished run ends with, when it is resumed again
         z.load_state_dict(st["z"])
         baseline.load_state_dict(st["baseline"])
         target.load_state(st["lambdas"])
+        dropped = set(st.get("dropped_contexts", []))
         if st.get("proposal_active"):
             models.load_proposal(load_file(str(resume_from / "proposal.safetensors")))
     else:
         report = probe_base(models, target, contexts, z, n_per_context=cfg.probe_samples,
-                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1, fit_tol=cfg.fit_tol)
+                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1, fit_tol=cfg.fit_tol,
+                            drop_unaccepted=cfg.zero_acceptance == "drop")
+        dropped = set(report["dropped_contexts"])
         if dist.is_main:
             (out / "target.json").write_text(json.dumps(report, indent=2, default=float), encoding="utf-8")
+    contexts = [c for c in contexts if c.index not in dropped]  # Ẑ_c and baselines stay keyed by c.index
+    eval_ctx = contexts[: max(1, cfg.eval_contexts)]
     logger = MetricsLogger(out, enabled=dist.is_main, tensorboard=cfg.tensorboard,
                            resume_step=start if resume_from is not None else None)
     if resume_from is None:
@@ -137,13 +174,14 @@ def train_align(cfg: AlignConfig, out: str | Path, force: bool = False) -> Align
     ddp, optimizer = acc.prepare(models.policy, optimizer)
     checkpoints = out / "checkpoints"
     kill_at = int(os.environ.get(FAULT_ENV, "0") or 0)
-    n_local = cfg.samples_per_context // dist.world
-    final = dict(initial)
+    final = dict(last_eval if last_eval is not None else initial)
     t0, seen0 = time.perf_counter(), samples_seen
 
     def checkpoint(step: int) -> None:
         state = {"samples_seen": samples_seen, "z": z.state_dict(), "baseline": baseline.state_dict(),
-                 "lambdas": target.state(), "initial": initial, "proposal_active": models.proposal_model is not None}
+                 "lambdas": target.state(), "initial": initial, "last_eval": final,
+                 "dropped_contexts": sorted(dropped),
+                 "proposal_active": models.proposal_model is not None}
         path = save_checkpoint(checkpoints, step, models.policy, optimizer, scheduler, state, rank=dist.rank,
                                world_size=dist.world, barrier=dist.barrier)
         if dist.is_main and models.proposal_model is not None:
@@ -156,10 +194,9 @@ def train_align(cfg: AlignConfig, out: str | Path, force: bool = False) -> Align
         for step in range(start, cfg.max_steps):
             t_step = time.perf_counter()
             ctx_ids = _step_contexts(cfg, len(contexts), step)
-            rows = [contexts[c] for c in ctx_ids for _ in range(n_local)]
-            gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, step, dist.rank]).integers(2**62)))
+            rows, uniforms, lo = _local_rows(cfg, contexts, ctx_ids, step, dist)
             which = {"policy": "policy", "base": "base", "adaptive": "proposal"}[cfg.proposal]
-            drawn = models.sample(which, rows, cfg.max_new_tokens, gen)
+            drawn = models.sample(which, rows, cfg.max_new_tokens, uniforms=uniforms)
             s, log_q = drawn.samples, drawn.logprob
             log_a = log_q if which == "base" or (which == "proposal" and models.proposal_model is None) \
                 else models.score("base", s)
@@ -176,7 +213,6 @@ def train_align(cfg: AlignConfig, out: str | Path, force: bool = False) -> Align
             r_all, clipped = pseudo_reward(div, lpi_all, log_p_all, cfg.max_log_ratio)
             b_all = baseline.values(ctx_all.tolist(), r_all)
             baseline.update(ctx_all.tolist(), r_all)
-            lo = dist.rank * len(s)
             r_loc, b_loc = r_all[lo:lo + len(s)], b_all[lo:lo + len(s)]
             ddp.train()
             loss_sum = 0.0
@@ -199,6 +235,7 @@ def train_align(cfg: AlignConfig, out: str | Path, force: bool = False) -> Align
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             samples_seen += len(ctx_all)
+            _check_replicas_agree(acc, dist, z, baseline, step + 1)
             done = step + 1
             swapped = False
             if cfg.proposal == "adaptive" and done % cfg.proposal_update_every == 0:
