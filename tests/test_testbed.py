@@ -29,8 +29,8 @@ from tunelens.testbed import (
 )
 from tunelens.testbed.mixtures import write_jsonl
 
-SMALL = dict(n_train_people=12, n_heldout_people=8, n_novel_people=10, n_cities=6, n_countries=4, n_organisations=5,
-             n_sports=4)
+SMALL = {"n_train_people": 12, "n_heldout_people": 8, "n_novel_people": 10, "n_cities": 6, "n_countries": 4,
+         "n_organisations": 5, "n_sports": 4}
 MICRO_ARGS = ["world.n_train_people=8", "world.n_heldout_people=6", "world.n_novel_people=6", "corpus.repeats=2",
               "model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=2",
               "pretrain.steps=8", "pretrain.batch_size=4", "pretrain.seq_len=32", "pretrain.recall_sample=20",
@@ -302,3 +302,22 @@ def test_curation_scores_the_raw_question_answer_form(world):
         prompt, target, _, _ = target_request(ex, tok, ContextSpec(missing="as_is"), chat_template=RAW_TEMPLATE)
         assert tok.decode(prompt) == tok.decode(tok(ex.meta["question"], add_special_tokens=False)["input_ids"])
         assert tok.decode(target) == ex.meta["answer"]
+
+
+@pytest.mark.slow  # ~5 min on 2 idle cores from scratch (pretraining is cached by config hash afterwards)
+def test_default_recipe_reproduces_the_inversion_and_its_ablation(run_cli, tmp_path):
+    """The default recipe's headline result on seed 0: vanilla inverts, without C+S and S it does not."""
+    out = tmp_path / "tb"
+    res = run_cli("testbed", "run", "configs/testbed.yaml", "--out", out, "seeds=[0]", "variants=[vanilla,no_cs_s]",
+                  timeout=1800)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    recall = summary["pretrain"]["closed_book_recall"]
+    assert recall["train"]["declarative"] >= 0.95 and recall["heldout"]["declarative"] >= 0.95
+    runs = {r["variant"]: r for r in summary["runs"]}
+    van = runs["vanilla"]
+    assert van["inversion"] >= 0.15 and van["reliance_peak"] > van["reliance_initial"]
+    assert runs["vanilla"]["id_acc_final"] > runs["vanilla"]["id_acc_at_peak"]
+    assert runs["no_cs_s"]["inversion"] < 0.15
+    assert runs["no_cs_s"]["reliance_final"] - runs["vanilla"]["reliance_final"] >= 0.2
+    assert summary["checks"]["vanilla_inverts_every_seed"] and summary["checks"]["no_cs_s_no_inversion_every_seed"]
