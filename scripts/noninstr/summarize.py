@@ -1,9 +1,10 @@
 """Markdown table of the non-instructional fine-tuning reproduction (docs/noninstructional.md).
 
 Reads runs/noninstr/eval-<condition>[-s<seed>]/{ifeval,refll}/results.json; prints one row per condition with
-the mean (and, with several seeds, the sample standard deviation and seed count) of every metric.
+the mean (and, with several seeds, the sample standard deviation and seed count) of every metric; --per-seed adds
+one row per run.
 
-  python scripts/noninstr/summarize.py [--root runs/noninstr]
+  python scripts/noninstr/summarize.py [--root runs/noninstr] [--per-seed]
 """
 from __future__ import annotations
 
@@ -32,8 +33,10 @@ def get(d: dict, dotted: str):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", default="runs/noninstr")
+    ap.add_argument("--per-seed", action="store_true", help="also one row per seed")
     args = ap.parse_args()
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    runs: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     for d in sorted(Path(args.root).glob("eval-*")):
         m = re.fullmatch(r"eval-(\w+?)(?:-s(\d+))?", d.name)
         if not m:
@@ -41,7 +44,9 @@ def main() -> None:
         for kind, key, label in METRICS:
             f = d / kind / "results.json"
             if f.is_file():
-                values[m.group(1)][label].append(float(get(json.loads(f.read_text())["metrics"], key)))
+                v = float(get(json.loads(f.read_text())["metrics"], key))
+                values[m.group(1)][label].append(v)
+                runs[m.group(1)][m.group(2) or "–"][label] = v
     labels = [label for _, _, label in METRICS]
     print("| condition | seeds | " + " | ".join(labels) + " |")
     print("|---|---|" + "---|" * len(labels))
@@ -59,6 +64,10 @@ def main() -> None:
             else:
                 cells.append(f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}")
         print(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
+        if args.per_seed and seeds > 1:
+            for seed, row in sorted(runs[cond].items()):
+                print(f"| &nbsp;&nbsp;seed {seed} | 1 | " + " | ".join(f"{row[l]:.3f}" if l in row else "–"
+                                                                   for l in labels) + " |")
 
 
 if __name__ == "__main__":
