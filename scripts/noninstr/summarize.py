@@ -2,7 +2,9 @@
 
 Reads runs/noninstr/eval-<condition>[-s<seed>]/{ifeval,refll}/results.json; prints one row per condition with
 the mean (and, with several seeds, the sample standard deviation and seed count) of every metric; --per-seed adds
-one row per run.
+one row per run. "distinct 3-grams" is computed here from the IFEval answers (ifeval/records/ifeval.jsonl): the
+share of an answer's word trigrams that are distinct, averaged over answers (1 = no repeated trigram; an answer
+that loops one sentence scores low).
 
   python scripts/noninstr/summarize.py [--root runs/noninstr] [--per-seed]
 """
@@ -21,7 +23,22 @@ METRICS = [("ifeval", "prompt_strict", "IFEval prompt strict"), ("ifeval", "prom
            ("ifeval", "instruction_strict", "instr. strict"), ("ifeval", "instruction_loose", "instr. loose"),
            ("ifeval", "termination.well_terminated_rate", "well-terminated"),
            ("ifeval", "termination.mean_answer_tokens", "answer tokens"),
-           ("refll", "mean_logprob", "ref. LL / token"), ("refll", "end_logprob", "end-of-turn LL")]
+           ("refll", "mean_logprob", "ref. LL / token"),
+           ("refll", "token_weighted_logprob", "ref. LL token-weighted"),
+           ("refll", "end_logprob", "end-of-turn LL")]
+DISTINCT = "distinct 3-grams"
+
+
+def distinct_trigrams(records: Path) -> float:
+    """Mean over answers of (distinct word trigrams / word trigrams); answers under 3 words count as 1."""
+    ratios = []
+    for line in records.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        words = json.loads(line)["response"].split()
+        grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+        ratios.append(len(set(grams)) / len(grams) if grams else 1.0)
+    return statistics.mean(ratios) if ratios else float("nan")
 
 
 def get(d: dict, dotted: str):
@@ -47,7 +64,12 @@ def main() -> None:
                 v = float(get(json.loads(f.read_text())["metrics"], key))
                 values[m.group(1)][label].append(v)
                 runs[m.group(1)][m.group(2) or "–"][label] = v
-    labels = [label for _, _, label in METRICS]
+        rec = d / "ifeval" / "records" / "ifeval.jsonl"
+        if rec.is_file():
+            v = distinct_trigrams(rec)
+            values[m.group(1)][DISTINCT].append(v)
+            runs[m.group(1)][m.group(2) or "–"][DISTINCT] = v
+    labels = [label for _, _, label in METRICS] + [DISTINCT]
     print("| condition | seeds | " + " | ".join(labels) + " |")
     print("|---|---|" + "---|" * len(labels))
     for cond, name in CONDITIONS:
