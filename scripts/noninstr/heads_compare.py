@@ -7,7 +7,8 @@ for each fine-tuned model (relative L1, the layers holding most of |ΔAP|); and,
 models, the similarity of their AP and of their ΔAP (Pearson, Spearman, cosine, top-k Jaccard of the heads with
 the largest |ΔAP|). As a noise reference, the split-half agreement of each model's own ΔAP (AP recomputed from
 the saved per-sample scores on the even and on the odd samples) says how large a correlation the probe size
-allows at all.
+allows at all, and a bootstrap over probe samples (the same resampled samples for every model, since all are
+measured on the same probe) gives a 95% interval for each pair's ΔAP Pearson correlation.
 
   python scripts/noninstr/heads_compare.py --root runs/noninstr/heads --models base teacher gold instr \
       --probes prose instr --json runs/noninstr/heads/compare.json
@@ -26,14 +27,32 @@ from tunelens.heads.compare import delta_summary
 from tunelens.heads.stats import concentration, similarity, topk_jaccard
 
 KS = (5, 10, 20)
+BOOTSTRAP = 1000
 
 
 def half_patterns(p: HeadPatterns) -> tuple[np.ndarray, np.ndarray]:
     """AP (per-sample |score| mean, the default aggregation) on the even and on the odd samples."""
-    if p.per_sample is None or p.settings.get("aggregation") != "per_sample_abs" or p.settings.get("normalize"):
-        raise SystemExit("split halves need per_sample.npy, per_sample_abs aggregation and no normalisation")
-    s = np.abs(np.asarray(p.per_sample, dtype=np.float64))
+    s = abs_scores(p)
     return s[0::2].mean(axis=0), s[1::2].mean(axis=0)
+
+
+def abs_scores(p: HeadPatterns) -> np.ndarray:
+    """|per-sample score| ``[n, L, H]``; their mean over samples is the default AP."""
+    if p.per_sample is None or p.settings.get("aggregation") != "per_sample_abs" or p.settings.get("normalize"):
+        raise SystemExit("resampling needs per_sample.npy, per_sample_abs aggregation and no normalisation")
+    return np.abs(np.asarray(p.per_sample, dtype=np.float64))
+
+
+def bootstrap_delta_pearson(base: np.ndarray, a: np.ndarray, b: np.ndarray, n: int, seed: int = 0) -> list[float]:
+    """95% percentile interval of Pearson(ΔAP_a, ΔAP_b) over ``n`` resamples of the (shared) probe samples."""
+    rng = np.random.default_rng(seed)
+    rs = []
+    for _ in range(n):
+        idx = rng.integers(0, base.shape[0], base.shape[0])
+        b0 = base[idx].mean(axis=0)
+        da, db = (a[idx].mean(axis=0) - b0).ravel(), (b[idx].mean(axis=0) - b0).ravel()
+        rs.append(float(np.corrcoef(da, db)[0, 1]))
+    return [float(np.percentile(rs, 2.5)), float(np.percentile(rs, 97.5))]
 
 
 def layer_shares(d: np.ndarray) -> list[float]:
@@ -71,6 +90,8 @@ def compare_probe(root: Path, probe: str, models: list[str]) -> dict:
     for a, b in itertools.combinations(tuned, 2):
         da, db = pats[a].matrix - pats[base].matrix, pats[b].matrix - pats[base].matrix
         res["pairs"][f"{a}~{b}"] = {"ap": similarity(pats[a], pats[b], KS), "delta": delta_similarity(da, db)}
+        res["pairs"][f"{a}~{b}"]["delta"]["pearson_ci95"] = bootstrap_delta_pearson(
+            abs_scores(pats[base]), abs_scores(pats[a]), abs_scores(pats[b]), BOOTSTRAP)
     return res
 
 
@@ -87,13 +108,13 @@ def print_markdown(probe: str, r: dict) -> None:
         print(f"| {m} | {row['loss']:.3f} | {row['gini']:.3f} | {row['cv']:.3f} | {row['delta_relative_l1']:.3f} | "
               f"{row['delta_mean']:+.2e} | {row['frac_changed']:.0%} | {tops} | "
               f"{row['split_half_delta']['pearson']:.2f} |")
-    print("\n| pair | AP Pearson | AP Spearman | AP Jaccard@10 | ΔAP Pearson | ΔAP Spearman | ΔAP cosine |"
-          " abs ΔAP Jaccard@5 | @10 | @20 |")
+    print("\n| pair | AP Pearson | AP Spearman | AP Jaccard@10 | ΔAP Pearson [95% bootstrap] | ΔAP Spearman |"
+          " ΔAP cosine | abs ΔAP Jaccard@5 | @10 | @20 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for pair, v in r["pairs"].items():
         a, d = v["ap"], v["delta"]
-        print(f"| {pair} | {a['pearson']:.3f} | {a['spearman']:.3f} | {a['jaccard@10']:.2f} | {d['pearson']:.3f} | "
-              f"{d['spearman']:.3f} | {d['cosine']:.3f} | {d['jaccard_abs@5']:.2f} | {d['jaccard_abs@10']:.2f} | "
+        print(f"| {pair} | {a['pearson']:.3f} | {a['spearman']:.3f} | {a['jaccard@10']:.2f} | {d['pearson']:.3f} "
+              f"[{d['pearson_ci95'][0]:.2f}, {d['pearson_ci95'][1]:.2f}] | {d['spearman']:.3f} | {d['cosine']:.3f} | {d['jaccard_abs@5']:.2f} | {d['jaccard_abs@10']:.2f} | "
               f"{d['jaccard_abs@20']:.2f} |")
 
 
