@@ -8,7 +8,9 @@ models, the similarity of their AP and of their ΔAP (Pearson, Spearman, cosine,
 the largest |ΔAP|). As a noise reference, the split-half agreement of each model's own ΔAP (AP recomputed from
 the saved per-sample scores on the even and on the odd samples) says how large a correlation the probe size
 allows at all, and a bootstrap over probe samples (the same resampled samples for every model, since all are
-measured on the same probe) gives a 95% interval for each pair's ΔAP Pearson correlation.
+measured on the same probe) gives a 95% interval for each pair's ΔAP Pearson correlation. AP's overall scale follows the response loss (a model that
+fits the probe better has smaller gradients everywhere), so the scale-free version is reported too: ΔAP of the
+patterns each divided by its sum (ΣAP/ΣAP_base is the scale change).
 
   python scripts/noninstr/heads_compare.py --root runs/noninstr/heads --models base teacher gold instr \
       --probes prose instr --json runs/noninstr/heads/compare.json
@@ -80,7 +82,8 @@ def compare_probe(root: Path, probe: str, models: list[str]) -> dict:
             d = p.matrix - pats[base].matrix
             summary = delta_summary(pats[base], p)
             shares = layer_shares(d)
-            row.update({"delta_relative_l1": summary["relative_l1"], "delta_mean": summary["mean"],
+            row.update({"scale": float(p.matrix.sum() / pats[base].matrix.sum()),
+                        "delta_relative_l1": summary["relative_l1"], "delta_mean": summary["mean"],
                         "frac_changed": summary["frac_changed"], "layer_shares": shares,
                         "top_layers": sorted(range(len(shares)), key=lambda i: -shares[i])[:3],
                         "top_increase": summary["top_increase"], "top_decrease": summary["top_decrease"]})
@@ -90,6 +93,9 @@ def compare_probe(root: Path, probe: str, models: list[str]) -> dict:
     for a, b in itertools.combinations(tuned, 2):
         da, db = pats[a].matrix - pats[base].matrix, pats[b].matrix - pats[base].matrix
         res["pairs"][f"{a}~{b}"] = {"ap": similarity(pats[a], pats[b], KS), "delta": delta_similarity(da, db)}
+        shape = lambda m: pats[m].matrix / pats[m].matrix.sum()
+        res["pairs"][f"{a}~{b}"]["delta"]["pearson_shape"] = float(np.corrcoef(
+            (shape(a) - shape(base)).ravel(), (shape(b) - shape(base)).ravel())[0, 1])
         res["pairs"][f"{a}~{b}"]["delta"]["pearson_ci95"] = bootstrap_delta_pearson(
             abs_scores(pats[base]), abs_scores(pats[a]), abs_scores(pats[b]), BOOTSTRAP)
     return res
@@ -97,24 +103,24 @@ def compare_probe(root: Path, probe: str, models: list[str]) -> dict:
 
 def print_markdown(probe: str, r: dict) -> None:
     print(f"\nprobe `{probe}` ({r['n_samples']} samples, {r['shape'][0]}x{r['shape'][1]} heads)\n")
-    print("| model | response loss | Gini | CV | ΔAP rel. L1 | mean ΔAP | heads changed | top layers (share of abs ΔAP) |"
-          " split-half ΔAP Pearson |")
+    print("| model | response loss | Gini | CV | ΣAP / ΣAP_base | ΔAP rel. L1 | heads changed |"
+          " top layers (share of abs ΔAP) | split-half ΔAP Pearson |")
     print("|---|---|---|---|---|---|---|---|---|")
     for m, row in r["models"].items():
         if "layer_shares" not in row:
             print(f"| {m} | {row['loss']:.3f} | {row['gini']:.3f} | {row['cv']:.3f} | – | – | – | – | – |")
             continue
         tops = ", ".join(f"{i} ({row['layer_shares'][i]:.0%})" for i in row["top_layers"])
-        print(f"| {m} | {row['loss']:.3f} | {row['gini']:.3f} | {row['cv']:.3f} | {row['delta_relative_l1']:.3f} | "
-              f"{row['delta_mean']:+.2e} | {row['frac_changed']:.0%} | {tops} | "
+        print(f"| {m} | {row['loss']:.3f} | {row['gini']:.3f} | {row['cv']:.3f} | {row['scale']:.3f} | "
+              f"{row['delta_relative_l1']:.3f} | {row['frac_changed']:.0%} | {tops} | "
               f"{row['split_half_delta']['pearson']:.2f} |")
     print("\n| pair | AP Pearson | AP Spearman | AP Jaccard@10 | ΔAP Pearson [95% bootstrap] | ΔAP Spearman |"
-          " ΔAP cosine | abs ΔAP Jaccard@5 | @10 | @20 |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          " ΔAP cosine | ΔAP Pearson, AP/ΣAP | abs ΔAP Jaccard@5 | @10 | @20 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for pair, v in r["pairs"].items():
         a, d = v["ap"], v["delta"]
         print(f"| {pair} | {a['pearson']:.3f} | {a['spearman']:.3f} | {a['jaccard@10']:.2f} | {d['pearson']:.3f} "
-              f"[{d['pearson_ci95'][0]:.2f}, {d['pearson_ci95'][1]:.2f}] | {d['spearman']:.3f} | {d['cosine']:.3f} | {d['jaccard_abs@5']:.2f} | {d['jaccard_abs@10']:.2f} | "
+              f"[{d['pearson_ci95'][0]:.2f}, {d['pearson_ci95'][1]:.2f}] | {d['spearman']:.3f} | {d['cosine']:.3f} | {d['pearson_shape']:.3f} | {d['jaccard_abs@5']:.2f} | {d['jaccard_abs@10']:.2f} | "
               f"{d['jaccard_abs@20']:.2f} |")
 
 
