@@ -24,13 +24,13 @@ from tunelens.chat import render
 
 
 def read_jsonl(path: str) -> list[dict]:
-    return [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
 
 
 def write_jsonl(rows: list[dict], path: Path) -> None:
     with open(path, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def held_out_prose(prose: str, train_pairs: list[str], n: int) -> tuple[list[dict], int]:
