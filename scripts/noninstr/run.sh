@@ -30,13 +30,14 @@ evaluate() {  # $1 model, $2 out dir
 
 data() {  # make the training data of condition $1 if missing
   case $1 in
-    gold) [ -f $R/pairs-gold/pairs.jsonl ] || $PY -m tunelens.cli.main synth configs/noninstr-synth-gold.yaml \
-            --out $R/pairs-gold ;;
+    gold) [ -f $R/pairs-gold/pairs.jsonl ] || { log "synth gold"
+            $PY -m tunelens.cli.main synth configs/noninstr-synth-gold.yaml --out $R/pairs-gold; } ;;
     teacher)
       for _ in $(seq 1 "${WAIT_TEACHER_S:-0}"); do [ -f $R/pairs-teacher/pairs.jsonl ] && break; sleep 1; done
-      [ -f $R/pairs-teacher/pairs.jsonl ] || $PY -m tunelens.cli.main synth configs/noninstr-synth-teacher.yaml \
-            --out $R/pairs-teacher ;;
+      [ -f $R/pairs-teacher/pairs.jsonl ] || { log "synth teacher"
+            $PY -m tunelens.cli.main synth configs/noninstr-synth-teacher.yaml --out $R/pairs-teacher; } ;;
     instr) data gold
+      [ -f $R/instr-equal.jsonl ] || log "equal-token instructions"
       [ -f $R/instr-equal.jsonl ] || $PY scripts/noninstr/equal_tokens.py --pairs $R/pairs-gold/pairs.jsonl \
           --instructions ../shared/data/instructions/alpaca_en_demo_llamafactory.json \
           --model gemma3-270m --max-length 192 --seed 0 --out $R/instr-equal.jsonl ;;
@@ -52,6 +53,7 @@ for seed in $SEEDS; do
       data $c
       log "sft $c seed $seed"
       $PY -m tunelens.cli.main sft configs/noninstr-sft-$c.yaml --out $run seed=$seed
+      log "sft done $c seed $seed"
     fi
     evaluate $run/final $R/eval-$c-s$seed
   done
