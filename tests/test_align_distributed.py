@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from launch import accelerate_cli
 
 from tunelens.align import AlignConfig, Context
 from tunelens.align.sampling import sample
@@ -79,9 +80,7 @@ def test_two_process_run_matches_one_process_run(tmp_path):
     one = subprocess.run([sys.executable, "-m", "tunelens.cli.main", "align", str(path), "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, env=env, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "-m", "tunelens.cli.main", "align", str(path), "--out", str(tmp_path / "two")]
+    launcher = accelerate_cli(2, "align", str(path), "--out", str(tmp_path / "two"))
     two = subprocess.run(launcher, capture_output=True, text=True, env=env, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from launch import accelerate_cli
 from safetensors.torch import load_file
 
 from tunelens.config import load_config
-from tunelens.data import collate_padded, pack_examples, collate_packed
+from tunelens.data import collate_packed, collate_padded, pack_examples
 from tunelens.data.tokenize import TokenizedExample
 from tunelens.errors import TrainingError
 from tunelens.models import apply_finetune_mode, load_model
@@ -233,9 +234,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     one = subprocess.run([sys.executable, "-m", "tunelens.cli.main", "sft", str(path), "--out", str(tmp_path / "one"),
                           "grad_accum=2"], capture_output=True, text=True, env=env, timeout=600)
     assert one.returncode == 0, one.stderr
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "-m", "tunelens.cli.main", "sft", str(path), "--out", str(tmp_path / "two")]
+    launcher = accelerate_cli(2, "sft", str(path), "--out", str(tmp_path / "two"))
     two = subprocess.run(launcher, capture_output=True, text=True, env=env, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     report = json.loads((tmp_path / "two" / "data_report.json").read_text())
