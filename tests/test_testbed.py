@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
@@ -224,6 +225,7 @@ def test_pretraining_is_cached_by_config_hash(tmp_path):
     # a corpus field added later keeps old keys at its legacy value and changes them otherwise
     assert cache_key(world, CorpusConfig(repeats=1, reading_format="context"), arch, cfg) != cache_key(
         world, corpus, arch, cfg)
+    assert cache_key(world, corpus, arch, cfg, threads=1) != cache_key(world, corpus, arch, cfg, threads=2)
 
 
 def test_tokenizer_covers_the_testbed_words(tmp_path):
@@ -309,7 +311,8 @@ def test_default_recipe_reproduces_the_inversion_and_its_ablation(run_cli, tmp_p
     """The default recipe's headline result on seed 0: vanilla inverts, without C+S and S it does not."""
     out = tmp_path / "tb"
     res = run_cli("testbed", "run", "configs/testbed.yaml", "--out", out, "seeds=[0]", "variants=[vanilla,no_cs_s]",
-                  timeout=1800)
+                  *([f"cache_dir={os.environ['TUNELENS_TEST_TESTBED_CACHE']}"]
+                    if os.environ.get("TUNELENS_TEST_TESTBED_CACHE") else []), timeout=1800)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     recall = summary["pretrain"]["closed_book_recall"]

@@ -58,14 +58,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tunelens" / "testbed")
 
 
-def cache_key(world: World, corpus: CorpusConfig, arch: ArchConfig, cfg: PretrainConfig) -> str:
-    """Hash of everything that determines the pretrained model (the world by its content)."""
+def cache_key(world: World, corpus: CorpusConfig, arch: ArchConfig, cfg: PretrainConfig,
+              threads: int | None = None) -> str:
+    """Hash of everything that determines the pretrained model (the world by its content, and the number of
+    torch threads: CPU reductions split over a different number of threads round differently, and the
+    testbed's fine-tuning dynamics are sensitive to the resulting model)."""
     corpus_key = asdict(corpus)
     for name, legacy in LEGACY_CORPUS_DEFAULTS.items():  # fields added later: absent at their old behaviour
         if corpus_key.get(name) == legacy:
             corpus_key.pop(name)
     blob = json.dumps({"world": world.fingerprint(), "corpus": corpus_key, "arch": asdict(arch),
-                       "pretrain": asdict(cfg), "version": CACHE_VERSION}, sort_keys=True)
+                       "pretrain": asdict(cfg), "version": CACHE_VERSION,
+                       "threads": threads or torch.get_num_threads()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
