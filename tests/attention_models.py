@@ -1,9 +1,17 @@
 """Models and batches shared by the attention tests (capture and steering): presets with attention far from
-uniform, a Gemma-3 whose sliding window really cuts, and left-padded random batches."""
+uniform, a Gemma-3 whose sliding window really cuts, left-padded random batches, and a model whose attention
+bypasses the attention interface."""
 from __future__ import annotations
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.modeling_outputs import CausalLMOutput
 
 from tunelens.models import load_model
 from tunelens.models.presets import tiny_tokenizer
@@ -43,3 +51,41 @@ def left_padded_batch(lengths, seed=0, pad_id=3) -> dict[str, torch.Tensor]:
         ids[i, width - n:] = torch.randint(10, 8000, (n,), generator=g)
         mask[i, width - n:] = 1
     return dict(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+
+
+class BypassConfig(PretrainedConfig):
+    model_type = "tunelens-bypass-test"
+
+    def __init__(self, vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=1, **kwargs):
+        self.vocab_size, self.hidden_size = vocab_size, hidden_size
+        self.num_hidden_layers, self.num_attention_heads = num_hidden_layers, num_attention_heads
+        super().__init__(**kwargs)
+
+
+class BypassAttention(nn.Module):
+    """Hand-written attention that never looks at the attention interface."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.qkv = nn.Linear(d, 3 * d)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1) @ v
+
+
+class BypassLM(PreTrainedModel):
+    """A causal LM that claims SDPA but computes attention by hand: capture and steering must refuse it."""
+
+    config_class = BypassConfig
+    _supports_sdpa = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.attn = BypassAttention(config.hidden_size)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.post_init()
+
+    def forward(self, input_ids, **kwargs):
+        return CausalLMOutput(logits=self.head(self.attn(self.embed(input_ids))))

@@ -11,11 +11,8 @@ from functools import lru_cache
 
 import pytest
 import torch
-from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutput
 
-from attention_models import PRESETS, left_padded_batch, widened_model
+from attention_models import PRESETS, BypassConfig, BypassLM, left_padded_batch, widened_model
 from tunelens.errors import ConfigError
 from tunelens.models import load_model
 from tunelens.probes.attention_capture import capture_attention, intercept_attention
@@ -117,41 +114,6 @@ def test_capture_restores_implementation_even_on_error():
         with torch.no_grad():
             sdpa(**_batch())
     assert seen == [0, 1, 2, 3] and len(cap.attentions) == 4  # nested handlers both see every layer
-
-
-class BypassConfig(PretrainedConfig):
-    model_type = "tunelens-bypass-test"
-
-    def __init__(self, vocab_size=32, hidden_size=16, num_hidden_layers=1, **kwargs):
-        self.vocab_size, self.hidden_size, self.num_hidden_layers = vocab_size, hidden_size, num_hidden_layers
-        super().__init__(**kwargs)
-
-
-class BypassAttention(nn.Module):
-    """Hand-written attention that never looks at the attention interface."""
-
-    def __init__(self, d: int):
-        super().__init__()
-        self.qkv = nn.Linear(d, 3 * d)
-
-    def forward(self, x):
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        return torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1) @ v
-
-
-class BypassLM(PreTrainedModel):
-    config_class = BypassConfig
-    _supports_sdpa = True
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.attn = BypassAttention(config.hidden_size)
-        self.head = nn.Linear(config.hidden_size, config.vocab_size)
-        self.post_init()
-
-    def forward(self, input_ids, **kwargs):
-        return CausalLMOutput(logits=self.head(self.attn(self.embed(input_ids))))
 
 
 def test_model_bypassing_the_interface_raises_clear_error():

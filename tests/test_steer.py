@@ -15,16 +15,10 @@ from functools import cache
 import numpy as np
 import pytest
 import torch
-from torch import nn
-from transformers import (
-    AttentionInterface,
-    PretrainedConfig,
-    PreTrainedModel,
-)
+from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
-from transformers.modeling_outputs import CausalLMOutput
 
-from attention_models import PRESETS, left_padded_batch, widened_model
+from attention_models import PRESETS, BypassConfig, BypassLM, left_padded_batch, widened_model
 from tunelens.errors import ConfigError
 from tunelens.probes.attention_capture import AttentionCall, attention_bias
 from tunelens.steer import (
@@ -353,33 +347,8 @@ def test_highlight_shape_mismatch_and_empty_rows():
         Highlight(empty)
 
 
-class _BypassConfig(PretrainedConfig):
-    model_type = "tunelens-steer-bypass-test"
-
-    def __init__(self, vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=1, **kwargs):
-        self.vocab_size, self.hidden_size = vocab_size, hidden_size
-        self.num_hidden_layers, self.num_attention_heads = num_hidden_layers, num_attention_heads
-        super().__init__(**kwargs)
-
-
-class _BypassLM(PreTrainedModel):
-    config_class = _BypassConfig
-    _supports_sdpa = True
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
-        self.head = nn.Linear(config.hidden_size, config.vocab_size)
-        self.post_init()
-
-    def forward(self, input_ids, **kwargs):
-        q, k, v = self.qkv(self.embed(input_ids)).chunk(3, dim=-1)
-        return CausalLMOutput(logits=self.head(torch.softmax(q @ k.transpose(-1, -2), -1) @ v))
-
-
 def test_model_bypassing_attention_interface_raises():
-    model = _BypassLM(_BypassConfig()).eval()
+    model = BypassLM(BypassConfig()).eval()
     ids = torch.randint(0, 32, (1, 5))
     with pytest.raises(ConfigError, match="AttentionInterface"):
         with steer(model, torch.ones(1, 5, dtype=torch.bool), alpha=0.5):
