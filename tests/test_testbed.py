@@ -222,7 +222,7 @@ def test_pretraining_is_cached_by_config_hash(tmp_path):
     assert cache_key(world, corpus, arch, other) != cache_key(world, corpus, arch, cfg)
     assert cache_key(generate_world(WorldConfig(seed=3, **SMALL)), corpus, arch, cfg) != cache_key(world, corpus,
                                                                                                   arch, cfg)
-    # a corpus field added later keeps old keys at its legacy value and changes them otherwise
+    # every corpus field and the torch thread count are part of the key
     assert cache_key(world, CorpusConfig(repeats=1, reading_format="context"), arch, cfg) != cache_key(
         world, corpus, arch, cfg)
     assert cache_key(world, corpus, arch, cfg, threads=1) != cache_key(world, corpus, arch, cfg, threads=2)

@@ -28,7 +28,6 @@ from tunelens.testbed.world import World
 
 CACHE_ENV = "TUNELENS_TESTBED_CACHE"
 CACHE_VERSION = 1  # bump when the pretraining code changes what it produces
-LEGACY_CORPUS_DEFAULTS = {"reading_format": "story"}  # keeps cache keys of models pretrained before the field
 
 
 @dataclass
@@ -63,11 +62,7 @@ def cache_key(world: World, corpus: CorpusConfig, arch: ArchConfig, cfg: Pretrai
     """Hash of everything that determines the pretrained model (the world by its content, and the number of
     torch threads: CPU reductions split over a different number of threads round differently, and the
     testbed's fine-tuning dynamics are sensitive to the resulting model)."""
-    corpus_key = asdict(corpus)
-    for name, legacy in LEGACY_CORPUS_DEFAULTS.items():  # fields added later: absent at their old behaviour
-        if corpus_key.get(name) == legacy:
-            corpus_key.pop(name)
-    blob = json.dumps({"world": world.fingerprint(), "corpus": corpus_key, "arch": asdict(arch),
+    blob = json.dumps({"world": world.fingerprint(), "corpus": asdict(corpus), "arch": asdict(arch),
                        "pretrain": asdict(cfg), "version": CACHE_VERSION,
                        "threads": threads or torch.get_num_threads()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

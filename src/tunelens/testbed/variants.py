@@ -51,11 +51,11 @@ def prepare_variant(name: str, cfg: TestbedConfig, world: World, seed: int, mode
         examples = build_mixture(world, drop_kinds(cfg.mixture, ["C+S", "S"]), seed)
         return PreparedVariant(examples, str(model_dir), report={"kinds": kind_counts(examples)})
     examples = build_mixture(world, cfg.mixture, seed)
-    if name in ("vanilla", "qk"):
-        if name == "qk":
-            return PreparedVariant(examples, str(model_dir), "qk", lr=m.qk_lr,
-                                   report={"kinds": kind_counts(examples), "lr": m.qk_lr or cfg.finetune.lr})
+    if name == "vanilla":
         return PreparedVariant(examples, str(model_dir), report={"kinds": kind_counts(examples)})
+    if name == "qk":
+        return PreparedVariant(examples, str(model_dir), "qk", lr=m.qk_lr,
+                               report={"kinds": kind_counts(examples), "lr": m.qk_lr or cfg.finetune.lr})
     if name == "curate":
         from tunelens.data.context import ContextSpec
         from tunelens.data.curate import curate_by_parametric_perplexity
